@@ -1,0 +1,202 @@
+"""The `p2p-l2` command line (SPEC §3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from .errors import ConfigError, ControlError, P2PL2Error
+
+
+def _json_default(value):
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+# -- up / down / status / ctl ------------------------------------------------------------
+def _progress_bar(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    tasks: dict[str, int] = {}
+    labels = {"spawned": "starting processes", "listening": "nodes listening", "links": "links up"}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(labels.get(stage, stage), total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+    return progress, report
+
+
+async def _status_rows(cluster) -> list[dict]:
+    rows = []
+    for name in cluster.names:
+        row = {"name": name, "alive": cluster.alive(name)}
+        if row["alive"]:
+            try:
+                row.update(await cluster[name].call("status", _timeout=5.0))
+            except ControlError as exc:
+                row["error"] = exc.code
+        row.setdefault("peers", [])
+        row.setdefault("height", None)
+        row.setdefault("tip", None)
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title)
+    for col in ("node", "alive", "roles", "height", "tip", "peers"):
+        table.add_column(col)
+    for r in rows:
+        tip = (r.get("tip") or "")[:12]
+        alive = "[green]yes[/]" if r["alive"] else "[red]no[/]"
+        table.add_row(r["name"], alive, ",".join(r.get("roles", [])), str(r.get("height") or "-"),
+                      tip or "-", f"{len(r['peers'])}: {' '.join(r['peers'])}")
+    Console().print(table)
+
+
+async def _up(args) -> int:
+    from .cluster.process import Cluster
+    console = _console()
+    cluster = Cluster.create(args.config, args.run_dir)
+    console.print(f"run dir [bold]{cluster.run_dir}[/] ({len(cluster.names)} nodes, "
+                  f"{len(cluster.config.links)} links)")
+    progress, report = _progress_bar(console)
+    try:
+        with progress:
+            seconds = await cluster.start(timeout=args.timeout, on_progress=report)
+    except BaseException:
+        await cluster.down()
+        raise
+    _print_table(await _status_rows(cluster), f"{cluster.config.cluster.name}: up in {seconds:.2f}s")
+    console.print(f"stop it with: p2p-l2 down {cluster.run_dir}")
+    return 0
+
+
+async def _status(args) -> int:
+    from .cluster.process import Cluster
+    cluster = Cluster.attach(args.run_dir)
+    rows = await _status_rows(cluster)
+    if args.json:
+        print_json({"run_dir": str(cluster.run_dir), "nodes": rows})
+    else:
+        _print_table(rows, str(cluster.run_dir))
+    return 0
+
+
+async def _ctl(args) -> int:
+    from .cluster.process import Cluster
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except ValueError as exc:
+        raise P2PL2Error(f"--params is not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise P2PL2Error("--params must be a JSON object")
+    cluster = Cluster.attach(args.run_dir)
+    try:
+        result = await cluster[args.node].call(args.method, **params)
+    except KeyError as exc:
+        raise P2PL2Error(exc.args[0]) from None
+    except ControlError as exc:
+        print_json(exc.to_wire())
+        return 1
+    print_json(result)
+    return 0
+
+
+async def _down(args) -> int:
+    from .cluster.process import Cluster
+    cluster = Cluster.attach(args.run_dir)
+    await cluster.down()
+    _console().print(f"stopped {cluster.run_dir}")
+    return 0
+
+
+def _node(args) -> int:
+    from .node.process import main
+    return main(args.run_dir, args.name)
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(args.name, as_json=args.json, **({"nodes": args.nodes} if args.nodes else {}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2p-l2", description="Emulate layer-2 blockchain protocols "
+                                "on real processes and sockets.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start a cluster and return once every link is up")
+    up.add_argument("config", type=Path)
+    up.add_argument("--run-dir", type=Path)
+    up.add_argument("--timeout", type=float, default=120.0)
+    up.set_defaults(run=_up)
+
+    st = sub.add_parser("status", help="per-node status of a running cluster")
+    st.add_argument("run_dir", nargs="?", type=Path)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=_status)
+
+    ctl = sub.add_parser("ctl", help="call one control method and print its JSON result")
+    ctl.add_argument("run_dir", type=Path)
+    ctl.add_argument("node")
+    ctl.add_argument("method")
+    ctl.add_argument("--params", help="JSON object of parameters")
+    ctl.set_defaults(run=_ctl)
+
+    down = sub.add_parser("down", help="stop every node of a run")
+    down.add_argument("run_dir", nargs="?", type=Path)
+    down.set_defaults(run=_down)
+
+    node = sub.add_parser("node", help="run one node (what the launcher spawns)")
+    node.add_argument("--run-dir", required=True)
+    node.add_argument("--name", required=True)
+    node.set_defaults(sync=_node)
+
+    bench = sub.add_parser("bench", help="benchmarks with same-run reference ratios")
+    bench.add_argument("name", choices=["cluster", "gossip"])
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--nodes", type=int)
+    bench.set_defaults(sync=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "sync"):
+            return args.sync(args)
+        return trio.run(args.run, args)
+    except ConfigError as exc:
+        print(f"p2p-l2: config error: {exc}", file=sys.stderr)
+        return 2
+    except P2PL2Error as exc:
+        print(f"p2p-l2: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("p2p-l2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""What every cluster offers, in-process or on real processes: calls, waits and faults.
+
+`wait_for_event` keeps a cursor per node, like pyln-testing's log search: each call looks
+only at events after the last one it returned for that node, so no event is matched twice.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+
+import trio
+
+from ..config import Config
+from ..errors import WaitTimeout
+
+
+def matches(event: dict, name: str, fields: dict) -> bool:
+    return event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
+
+
+class ClusterBase:
+    config: Config
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._cursors: dict[str, int] = {}
+
+    # -- provided by subclasses --------------------------------------------------------
+    def __getitem__(self, name: str):
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def events(self, node: str) -> list[dict]:
+        """Every event the node has logged so far, oldest first."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # -- shared ------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return self.config.node_names
+
+    async def call(self, node: str, method: str, **params):
+        return await self[node].call(method, **params)
+
+    async def wait_for(self, predicate: Callable, timeout: float = 30.0, what: str = "") -> object:
+        """Poll `predicate` (sync or async) with backoff until it returns a truthy value."""
+        delay = 0.01
+        with trio.move_on_after(timeout):
+            while True:
+                value = predicate()
+                if inspect.isawaitable(value):
+                    value = await value
+                if value:
+                    return value
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate!r}")
+
+    async def wait_for_event(self, node: str, event: str, timeout: float = 30.0, **fields) -> dict:
+        """The first `event` on `node` with these field values after the last one returned."""
+        found: dict = {}
+
+        def scan() -> bool:
+            log = self.events(node)
+            for i in range(self._cursors.get(node, 0), len(log)):
+                if matches(log[i], event, fields):
+                    self._cursors[node] = i + 1
+                    found["event"] = log[i]
+                    return True
+            return False
+
+        await self.wait_for(scan, timeout, what=f"{event} {fields or ''} on {node}")
+        return found["event"]
+
+    def errors(self, expected: list[str] = ()) -> list[dict]:
+        """Error-level events on any node not matching an expected pattern (`event` or glob)."""
+        out = []
+        for name in self.names:
+            for e in self.events(name):
+                if e.get("level") == "error" and not any(
+                        fnmatchcase(e.get("event", ""), pat) for pat in expected):
+                    out.append(e)
+        return out
+
+    async def linked(self) -> bool:
+        """True when every node is connected to every topology neighbour."""
+        for name in self.names:
+            status = await self[name].call("status")
+            if not set(self.config.neighbours(name)) <= set(status["peers"]):
+                return False
+        return True
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        await self.wait_for(self.linked, timeout, what="every topology link up")

@@ -1,0 +1,153 @@
+"""Node processes of one run: spawn, signal, watch and stop them (DESIGN §7).
+
+Nodes run in their own sessions so they outlive `p2p-l2 up`; their pids go to
+cluster.json as soon as they exist, so `down` finds every one even after `up` was
+interrupted.  A pid is only signalled after /proc shows it is this run's node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import events as ev
+from ..errors import P2PL2Error
+from ..log import EventLog
+from . import rundir
+
+
+def node_command(run_dir: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "p2p_l2", "node", "--run-dir", str(run_dir), "--name", name]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2]
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+class Launcher:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir).absolute()
+        self.info = rundir.read_info(self.run_dir)
+        self.log = EventLog("launcher", self.run_dir / "launcher.jsonl")
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.info["nodes"])
+
+    def pid(self, name: str) -> int | None:
+        return self.info["nodes"][name]["pid"]
+
+    def owns(self, name: str, pid: int | None) -> bool:
+        """Is `pid` this run's process for node `name` (and not a zombie)?"""
+        if not pid or _state(pid) in ("", "Z", "X"):
+            return False
+        cmd = _cmdline(pid)
+        return "--run-dir" in cmd and str(self.run_dir) in cmd and name in cmd
+
+    def alive(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            return False
+        return self.owns(name, self.pid(name))
+
+    def spawn(self, name: str) -> int:
+        if self.alive(name):
+            raise P2PL2Error(f"node {name} is already running (pid {self.pid(name)})")
+        node_dir = self.run_dir / "nodes" / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        with open(node_dir / "stderr.log", "ab") as err:
+            proc = subprocess.Popen(node_command(self.run_dir, name), stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=err, start_new_session=True,
+                                    cwd=self.run_dir)
+        self._procs[name] = proc
+        self.info["nodes"][name]["pid"] = proc.pid
+        rundir.write_info(self.run_dir, self.info)
+        self.log.info(ev.PROCESS_STARTED, peer=name, pid=proc.pid)
+        return proc.pid
+
+    def signal(self, name: str, sig: signal.Signals, event: str) -> int:
+        pid = self.pid(name)
+        if not self.alive(name):
+            raise P2PL2Error(f"node {name} is not running")
+        os.kill(pid, sig)
+        self.log.info(event, peer=name, pid=pid)
+        return pid
+
+    def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL, ev.PROCESS_KILLED)
+        self._reap(name, timeout=5.0)
+
+    def pause(self, name: str) -> None:
+        self.signal(name, signal.SIGSTOP, ev.PROCESS_PAUSED)
+
+    def resume(self, name: str) -> None:
+        self.signal(name, signal.SIGCONT, ev.PROCESS_RESUMED)
+
+    def _reap(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive(name):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        proc = self._procs.pop(name, None)
+        code = proc.wait() if proc is not None else None
+        self.log.info(ev.PROCESS_EXITED, peer=name, pid=self.pid(name), returncode=code)
+        return True
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        """SIGTERM (a clean shutdown), then SIGKILL if it is still there after `timeout`."""
+        if not self.alive(name):
+            self._procs.pop(name, None)
+            return
+        pid = self.pid(name)
+        if _state(pid) == "T":
+            os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGTERM)
+        if not self._reap(name, timeout):
+            os.kill(pid, signal.SIGKILL)
+            self.log.info(ev.PROCESS_KILLED, peer=name, pid=pid)
+            self._reap(name, 5.0)
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Stop every node of the run; no process of it is left behind."""
+        running = [n for n in self.names if self.alive(n)]
+        for name in running:
+            pid = self.pid(name)
+            if _state(pid) == "T":
+                os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in running:
+            if not self._reap(name, max(0.0, deadline - time.monotonic())):
+                os.kill(self.pid(name), signal.SIGKILL)
+                self.log.info(ev.PROCESS_KILLED, peer=name, pid=self.pid(name))
+                self._reap(name, 5.0)
+        self.log.info(ev.LAUNCHER_DOWN, nodes=len(running))
+        self.log.flush()
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        """The last lines of a node's stderr and event log, to show why it failed."""
+        out = []
+        for fname in ("stderr.log", "events.jsonl"):
+            path = self.run_dir / "nodes" / name / fname
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                if text:
+                    out.append(f"--- {path}\n" + "\n".join(text))
+        return "\n".join(out) or f"(node {name} left no log)"

@@ -1,0 +1,105 @@
+"""Per-node JSON-lines event logs (SPEC §6) built on structlog.
+
+Every line carries `ts` (the node's own clock, epoch seconds), `node`, `event` and `level`.
+An `EventLog` also keeps the events it wrote in memory for in-process clusters and
+notifies listeners, so tests can wait on events without reading files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+Listener = Callable[[dict], None]
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def dumps(event: dict) -> str:
+    return json.dumps(event, default=_default, separators=(",", ":"))
+
+
+class EventLog:
+    """Writes one node's events; `clock()` returns the node's wall time (skew included)."""
+
+    def __init__(self, node: str, path: Path | None = None, clock: Callable[[], float] = time.time,
+                 keep: bool = False):
+        self.node = node
+        self.clock = clock
+        self.listeners: list[Listener] = []
+        self.kept: list[dict] | None = [] if keep else None
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", buffering=1 << 16, encoding="utf-8")
+        self._logger = structlog.wrap_logger(
+            None, processors=[self._stamp, self._fan_out], wrapper_class=structlog.BoundLogger,
+        )
+
+    def _stamp(self, _logger, method: str, event_dict: dict) -> dict:
+        out = {"ts": self.clock(), "node": self.node, "event": event_dict.pop("event"),
+               "level": event_dict.pop("level", method)}
+        out.update(event_dict)
+        return out
+
+    def _fan_out(self, _logger, _method, event: dict):
+        if self._file is not None:
+            self._file.write(dumps(event) + "\n")
+        if self.kept is not None:
+            self.kept.append(event)
+        for listener in self.listeners:
+            listener(event)
+        raise structlog.DropEvent
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        self._logger.msg(event, level=level, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.emit(event, "info", **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.emit(event, "warning", **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.emit(event, "error", **fields)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Complete JSON lines of `path` from byte `offset`; returns (events, new offset).
+
+    A truncated last line (a killed node) is left for the next read.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events, offset + end

@@ -1,0 +1,61 @@
+"""Sans-IO peer policy: reconnect backoff and misbehaviour scores with time-limited bans."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+# Points a peer earns per offence; BAN_SCORE bans it for `ban_seconds`.
+PENALTY = {
+    "malformed": 20, "unknown_kind": 10, "bad_payload": 10, "frame_too_large": 100,
+    "decrypt_failed": 100, "bad_signature": 100, "wrong_network": 100, "bad_version": 100,
+    "replayed_hello": 100, "bad_msg_id": 50, "unexpected_message": 20, "invalid": 25,
+}
+BAN_SCORE = 100
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS style): sleep U(0, min(cap, base*2^n))."""
+
+    base: float = 0.05
+    cap: float = 2.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Scoreboard:
+    """Misbehaviour points per peer; a peer at BAN_SCORE is banned until `now + ban_seconds`."""
+
+    def __init__(self, ban_seconds: float = 60.0, ban_score: int = BAN_SCORE):
+        self.ban_seconds = ban_seconds
+        self.ban_score = ban_score
+        self.scores: dict[str, int] = {}
+        self.banned_until: dict[str, float] = {}
+
+    def penalize(self, peer: str, reason: str, now: float) -> bool:
+        """Add the reason's points; True when this offence bans the peer."""
+        score = self.scores.get(peer, 0) + PENALTY.get(reason, 10)
+        self.scores[peer] = score
+        if score >= self.ban_score:
+            self.banned_until[peer] = now + self.ban_seconds
+            self.scores[peer] = 0
+            return True
+        return False
+
+    def is_banned(self, peer: str, now: float) -> bool:
+        until = self.banned_until.get(peer)
+        if until is None:
+            return False
+        if until <= now:
+            del self.banned_until[peer]
+            return False
+        return True

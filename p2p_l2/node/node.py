@@ -1,0 +1,320 @@
+"""A p2p_l2 node: identity, authenticated peer links, gossip and the control registry.
+
+The same class runs as an OS process over TCP (`node/process.py`) or many to one trio
+process over memory streams (`cluster/memory.py`).  Role services (miner, channels, ...)
+plug in through `handlers` (wire kinds), `gossip.add_validator` + `subscribe` (topics),
+`control.register` (methods) and `services` (background tasks started with the node).
+Protocol decisions live in the sans-IO cores; this file only moves bytes and timers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from .. import events as ev
+from ..config import Config
+from ..errors import ControlError, RemoteProtocolError
+from ..gossip import Deliver, Gossip, Reject, Send
+from ..log import EventLog
+from ..net.link import FATAL, PeerLink
+from ..net.policy import Backoff, Scoreboard
+from ..wire import FrameDecoder, Handshake, Identity, ReplayCache, codec, encode_frame
+from .control import ControlRegistry, ControlServer
+
+PROTOCOL_VERSION = 1
+HANDSHAKE_TIMEOUT = 5.0
+GOSSIP_TICK = 0.5
+
+
+class Node:
+    def __init__(self, config: Config, name: str, transport, *, log: EventLog,
+                 data_dir: Path | None = None, control_port: int | None = None,
+                 token: str | None = None, ping_interval: float = 5.0, ban_seconds: float = 60.0,
+                 epoch: float | None = None):
+        self.config = config
+        self.name = name
+        self.spec = config.node(name)
+        self.transport = transport
+        self.log = log
+        self.data_dir = data_dir
+        self.identity = Identity.derive(config.cluster.seed, name)
+        self.pubkeys = {n: Identity.derive(config.cluster.seed, n).pubkey for n in config.node_names}
+        self.names = {pk: n for n, pk in self.pubkeys.items()}
+        self.rng = random.Random(f"{config.cluster.seed}/{name}")
+        self.skew = 0.0
+        self._epoch = epoch  # wall time at trio time 0; set in run() unless shared
+        log.clock = self.wall
+        order = {n: i for i, n in enumerate(config.node_names)}
+        # Of each linked pair the node listed first dials; the other one listens.
+        self.outbound = [p for p in config.neighbours(name) if order[p] > order[name]]
+        self.links: dict[str, PeerLink] = {}
+        self.scores = Scoreboard(ban_seconds=ban_seconds)
+        self.replay_cache = ReplayCache()
+        self.ping_interval = ping_interval
+        self.gossip = Gossip(name)
+        self.subscribers: dict[str, list[Callable[[Deliver], None]]] = {}
+        self.handlers: dict[str, Callable[[str, object], None]] = {
+            kind: self._gossip_handler(kind) for kind in ("gossip", "inv", "getdata")}
+        self.services: list[Callable] = []
+        self.status_hooks: list[Callable[[], dict]] = []
+        self.control = ControlRegistry(on_error=self._control_failed)
+        self.control_server = (ControlServer(self.control, token, control_port,
+                                             on_reject=self._control_rejected)
+                               if control_port is not None else None)
+        self._links_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.stopped = trio.Event()
+        for method, fn in {"status": self.status, "peers": self.peers,
+                           "gossip.publish": self.publish, "shutdown": self.shutdown}.items():
+            self.control.register(method, fn)
+
+    # -- time --------------------------------------------------------------------------
+    def wall(self) -> float:
+        """This node's clock in epoch seconds, skew included (follows trio's clock)."""
+        if self._epoch is None:
+            return time.time() + self.skew
+        return self._epoch + trio.current_time() + self.skew
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        if self._epoch is None:
+            self._epoch = time.time() - trio.current_time()
+        self.log.info(ev.NODE_STARTED, pubkey=self.identity.pubkey_hex, roles=list(self.spec.roles),
+                      pid=os.getpid())
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.transport.serve, self._accept)
+                control_port = None
+                if self.control_server is not None:
+                    await nursery.start(self.control_server.serve)
+                    control_port = self.control_server.port
+                for peer in self.outbound:
+                    nursery.start_soon(self._dial_loop, peer)
+                nursery.start_soon(self._tick_loop)
+                for service in self.services:
+                    await nursery.start(service)
+                self.log.info(ev.NODE_LISTENING, port=self.transport.port, control_port=control_port)
+                task_status.started(self)
+        finally:
+            self.log.info(ev.NODE_STOPPED)
+            self.log.flush()
+            self.stopped.set()
+
+    def stop(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- connections -------------------------------------------------------------------
+    async def _accept(self, stream: trio.abc.Stream, addr: str) -> None:
+        done = await self._handshake(stream, addr, initiator=False, expect=None)
+        if done is not None:
+            await self._run_link(stream, *done, addr=addr, direction="in")
+
+    async def _dial_loop(self, peer: str) -> None:
+        backoff = Backoff(rng=self.rng)
+        while True:
+            while peer in self.links:
+                await self.wait_links_changed()
+            now = trio.current_time()
+            if self.scores.is_banned(peer, now):
+                await trio.sleep(self.scores.banned_until[peer] - now)
+                continue
+            try:
+                stream, addr = await self.transport.connect(peer)
+            except (OSError, trio.TooSlowError) as exc:
+                delay = backoff.next_delay()
+                self.log.emit(ev.PEER_DIAL_FAILED, "debug", peer=peer, attempt=backoff.attempt,
+                              delay=round(delay, 3), error=str(exc))
+                await trio.sleep(delay)
+                continue
+            done = await self._handshake(stream, addr, initiator=True, expect=self.pubkeys[peer])
+            if done is None:
+                await trio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            await self._run_link(stream, *done, addr=addr, direction="out")
+            await trio.sleep(backoff.next_delay())
+
+    async def _handshake(self, stream, addr: str, *, initiator: bool, expect: bytes | None):
+        hs = Handshake(self.identity, self.config.cluster.name, initiator, expect=expect,
+                       is_known=self.names.__contains__, replay_cache=self.replay_cache,
+                       version=PROTOCOL_VERSION)
+        decoder = FrameDecoder()
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await stream.send_all(b"".join(encode_frame(b) for b in hs.start()))
+                while not hs.complete:
+                    frame = decoder.next_frame()
+                    if frame is None:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            raise RemoteProtocolError("eof", "closed during handshake")
+                        decoder.feed(data)
+                        continue
+                    out = hs.receive(frame)
+                    if out:
+                        await stream.send_all(b"".join(encode_frame(b) for b in out))
+            name = self.names[hs.peer_pubkey]
+            if self.scores.is_banned(name, trio.current_time()):
+                raise RemoteProtocolError("banned", name)
+            return hs.session(), decoder, name, hs.peer_pubkey
+        except RemoteProtocolError as exc:
+            peer = self.names.get(hs.peer_pubkey) if hs.peer_pubkey else None
+            if exc.reason != "eof":
+                self.log.warning(ev.MSG_REJECTED, peer=peer, addr=addr, reason=exc.reason,
+                                 detail=exc.detail, stage="handshake")
+            if peer is not None and exc.reason != "banned":
+                self._penalize(peer, exc.reason)
+        except trio.TooSlowError:
+            self.log.warning(ev.MSG_REJECTED, addr=addr, reason="handshake_timeout", stage="handshake")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _run_link(self, stream, session, decoder, name: str, pubkey: bytes, *,
+                        addr: str, direction: str) -> None:
+        old = self.links.get(name)
+        if old is not None:
+            old.close("replaced")
+        link = PeerLink(stream, session, decoder, name=name, pubkey=pubkey, addr=addr,
+                        direction=direction, since=self.wall(), on_message=self._on_message,
+                        on_reject=self._on_reject, ping_interval=self.ping_interval,
+                        ping_timeout=4 * self.ping_interval)
+        self.links[name] = link
+        self.gossip.add_peer(name)
+        self.log.info(ev.PEER_CONNECTED, peer=name, direction=direction, addr=addr)
+        self._notify_links()
+        reason = await link.run()
+        if self.links.get(name) is link:
+            del self.links[name]
+            self._execute(self.gossip.remove_peer(name))
+            self._notify_links()
+        self.log.info(ev.PEER_DISCONNECTED, peer=name, reason=reason)
+
+    def _notify_links(self) -> None:
+        self._links_changed.set()
+        self._links_changed = trio.Event()
+
+    async def wait_links_changed(self) -> None:
+        await self._links_changed.wait()
+
+    # -- messages ----------------------------------------------------------------------
+    def send(self, peer: str, kind: str, payload) -> bool:
+        link = self.links.get(peer)
+        if link is None:
+            return False
+        link.send(kind, payload)
+        return True
+
+    def _on_message(self, link: PeerLink, kind: str, payload) -> None:
+        handler = self.handlers.get(kind)
+        try:
+            if handler is None:
+                raise RemoteProtocolError("unexpected_message", kind)
+            handler(link.name, payload)
+        except RemoteProtocolError as exc:
+            self._on_reject(link, exc, kind)
+        except Exception as exc:
+            self.log.error(ev.NODE_ERROR, peer=link.name, kind=kind,
+                           error=f"{type(exc).__name__}: {exc}")
+
+    def _on_reject(self, link: PeerLink, exc: RemoteProtocolError, kind: str | None = None) -> None:
+        self.log.warning(ev.MSG_REJECTED, peer=link.name, reason=exc.reason, detail=exc.detail, kind=kind)
+        self._penalize(link.name, exc.reason)
+        if exc.reason in FATAL:
+            link.close(exc.reason)
+
+    def _penalize(self, peer: str, reason: str) -> None:
+        if self.scores.penalize(peer, reason, trio.current_time()):
+            until = self.scores.banned_until[peer]
+            self.log.warning(ev.PEER_BANNED, peer=peer, reason=reason,
+                             until=self.wall() + until - trio.current_time())
+            link = self.links.get(peer)
+            if link is not None:
+                link.close("banned")
+
+    # -- gossip ------------------------------------------------------------------------
+    def subscribe(self, topic: str, callback: Callable[[Deliver], None]) -> None:
+        self.subscribers.setdefault(topic, []).append(callback)
+
+    def _gossip_handler(self, kind: str) -> Callable[[str, dict], None]:
+        def handle(peer: str, payload: dict) -> None:
+            self._execute(self.gossip.receive(peer, kind, payload, trio.current_time()))
+        return handle
+
+    def _execute(self, actions: list) -> None:
+        last_payload = last_body = None
+        for action in actions:
+            if type(action) is Send:
+                link = self.links.get(action.peer)
+                if link is None:
+                    continue
+                if action.payload is not last_payload:
+                    last_payload, last_body = action.payload, codec.encode(action.kind, action.payload)
+                link.send_body(last_body)
+            elif type(action) is Deliver:
+                if action.peer is not None:
+                    self.log.info(ev.GOSSIP_DELIVERED, msg_id=action.msg_id.hex(), topic=action.topic,
+                                  hops=action.hops, origin=action.origin, peer=action.peer,
+                                  sent_at=action.sent_at)
+                for callback in self.subscribers.get(action.topic, ()):
+                    callback(action)
+            elif type(action) is Reject:
+                self.log.warning(ev.MSG_REJECTED, peer=action.peer, reason=action.reason,
+                                 msg_id=action.msg_id.hex(), topic=action.topic, kind="gossip")
+                self._penalize(action.peer, "invalid")
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(GOSSIP_TICK)
+            self._execute(self.gossip.tick(trio.current_time()))
+
+    # -- control methods ---------------------------------------------------------------
+    def status(self) -> dict:
+        out = {"name": self.name, "pubkey": self.identity.pubkey_hex, "roles": list(self.spec.roles),
+               "height": None, "tip": None, "peers": sorted(self.links)}
+        for hook in self.status_hooks:
+            out.update(hook())
+        return out
+
+    def peers(self) -> list[dict]:
+        return [self.links[n].info() for n in sorted(self.links)]
+
+    def publish(self, topic: str, data) -> dict:
+        if not isinstance(topic, str) or not topic:
+            raise ControlError("bad_params", "topic must be a non-empty string")
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes):
+            raise ControlError("bad_params", "data must be a string or bytes")
+        try:
+            msg_id, actions = self.gossip.publish(topic, data, self.wall())
+        except RemoteProtocolError as exc:
+            raise ControlError("invalid", f"rejected by the {topic!r} validator: {exc}") from None
+        self.log.info(ev.GOSSIP_PUBLISHED, msg_id=msg_id.hex(), topic=topic, size=len(data))
+        self._execute(actions)
+        return {"msg_id": msg_id.hex()}
+
+    async def shutdown(self) -> dict:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._stop_soon)
+        return {"stopping": True}
+
+    async def _stop_soon(self) -> None:
+        await trio.sleep(0.05)  # let the reply go out first
+        self.stop()
+
+    def _control_failed(self, method: str, exc: ControlError) -> None:
+        self.log.warning(ev.CONTROL_ERROR, method=method, code=exc.code, message=exc.message)
+
+    def _control_rejected(self, addr: str, reason: str) -> None:
+        self.log.warning(ev.MSG_REJECTED, addr=addr, reason=reason, stage="control")
