@@ -58,12 +58,14 @@ def workload(body: str) -> str:
 
 PAYMENTS = 'kind = "payments"\nrate = 1.0\namount = [1, 10]\n'
 LINKED = '[topology]\nlinks = [["alice", "bob"]]\n'
+MISSING = "(required key is missing)"
 
 # (top, extra, key path, a fragment of the expectation)
 ERRORS = [
     # unknown keys and section types
     ("bogus = 1", "", "bogus", "a known key (one of: accounts, chain, channel,"),
-    ("", "[cluster]\nsede = 1", "cluster.sede", "a known key (one of: base_port, host, name, seed)"),
+    ("", "[cluster]\nsede = 1", "cluster.sede",
+     "a known key (one of: base_port, host, name, seed)"),
     ("cluster = 5", "", "cluster", "a table"),
     ("workload = 5", "", "workload", "an array of tables ([[workload]])"),
     # [cluster], [chain], [channels], [plasma]
@@ -88,7 +90,7 @@ ERRORS = [
     ("", node('roles = "miner"'), "node[5].roles", "a list of roles"),
     ("", '[[node]]\nname = "alice"', "node[5].name", "a node name not used by an earlier"),
     ("", '[[node]]\nname = "a.b"', "node[5].name", "a string matching [A-Za-z0-9_-]+"),
-    ("", "[[node]]\nroles = []", "node[5].name", "(required key is missing)"),
+    ("", "[[node]]\nroles = []", "node[5].name", MISSING),
     ("", node('colour = "red"'), "node[5].colour", "a known key (one of: hashrate, host,"),
     ("", node("hashrate = -1"), "node[5].hashrate", "a number >= 0"),
     ("", node("hashrate = true"), "node[5].hashrate", "a number >= 0"),
@@ -97,13 +99,13 @@ ERRORS = [
     ("", node('roles = ["channels"]\nwatchtower = "nobody"'), "node[5].watchtower",
      "a node with the watchtower role"),
     ("", node('roles = ["miner"]\nwatchtower = "tower"'), "node[5].watchtower",
-     "without the channels role"),
+     "`watchtower` only on a node with the channels role"),
     ("", node('roles = ["plasma-user"]\nplasma = "bob"'), "node[5].plasma",
      "a node with the plasma-operator role (one of: op)"),
     ("", node('roles = ["channels"]\nplasma = "op"'), "node[5].plasma",
-     "without the plasma-user role"),
+     "`plasma` only on a node with the plasma-user role"),
     ("", node('roles = ["channels"]\nplasma_deposit = 5'), "node[5].plasma_deposit",
-     "without the plasma-user role"),
+     "`plasma_deposit` only on a node with the plasma-user role"),
     ("", node('roles = ["plasma-user"]\nplasma_deposit = -5'), "node[5].plasma_deposit",
      "an integer >= 0"),
     ("", '[[node]]\nname = "op2"\nroles = ["plasma-operator"]', "node[1].plasma",
@@ -126,7 +128,7 @@ ERRORS = [
     ("", '[topology]\nlinks = "alice"', "topology.links", "a list of [name, name] pairs"),
     ("", '[topology]\nmesh = true', "topology.mesh", "a known key"),
     ("", '[topology]\ngenerate = { kind = "mesh" }', "topology.generate.kind", "one of: line,"),
-    ("", "[topology]\ngenerate = { degree = 2 }", "topology.generate.kind", "required"),
+    ("", "[topology]\ngenerate = { degree = 2 }", "topology.generate.kind", MISSING),
     ("", '[topology]\ngenerate = { kind = "random-regular", degree = 5 }',
      "topology.generate.degree", "an integer in [2, 4]"),
     ("", '[topology]\ngenerate = { kind = "random-regular", degree = 3 }',
@@ -168,12 +170,12 @@ ERRORS = [
      "an integer >= 0"),
     ("", '[[channel]]\nbetween = ["alice", "bob"]\nfunding = [10, 0]\npush = 11', "channel[0].push",
      "an integer in [0, 10]"),
-    ("", '[[channel]]\nbetween = ["alice", "bob"]', "channel[0].funding", "required"),
+    ("", '[[channel]]\nbetween = ["alice", "bob"]', "channel[0].funding", MISSING),
     # [[workload]]
     ("", workload('kind = "swaps"\nrate = 1.0\namount = [1, 2]'), "workload[0].kind",
      "one of: payments, l1-transfers, plasma-transfers"),
     ("", workload(PAYMENTS.replace("1.0", "0")), "workload[0].rate", "a number > 0"),
-    ("", workload('kind = "payments"\namount = [1, 2]'), "workload[0].rate", "required"),
+    ("", workload('kind = "payments"\namount = [1, 2]'), "workload[0].rate", MISSING),
     ("", workload(PAYMENTS.replace("[1, 10]", "[0, 5]")), "workload[0].amount[0]",
      "an integer >= 1"),
     ("", workload(PAYMENTS.replace("[1, 10]", "[5, 2]")), "workload[0].amount[1]",
@@ -182,7 +184,7 @@ ERRORS = [
      "[lo, hi] with 1 <= lo <= hi"),
     ("", workload(PAYMENTS + 'from = ["op"]'), "workload[0].from[0]",
      "a node with the channels role"),
-    ("", workload(PAYMENTS + "from = []"), "workload[0].from", "a list of at least 1 node names"),
+    ("", workload(PAYMENTS + "from = []"), "workload[0].from", "a non-empty list of node names"),
     ("", workload('kind = "plasma-transfers"\nrate = 1.0\namount = [1, 2]\nto = ["bob"]'),
      "workload[0].to[0]", "a node with the plasma-user role"),
     ("", workload(PAYMENTS + 'from = ["alice"]\nto = ["alice"]'), "workload[0].to",
@@ -195,7 +197,7 @@ ERRORS = [
     # [[fault]]: common keys
     ("", fault('action = "explode"'), "fault[0].action", "one of: partition, heal, link,"),
     ("", '[[fault]]\nat = -1\naction = "heal"', "fault[0].at", "a number >= 0"),
-    ("", '[[fault]]\naction = "heal"', "fault[0].at", "required"),
+    ("", '[[fault]]\naction = "heal"', "fault[0].at", MISSING),
     ("", fault('action = "heal"\nduration = 0'), "fault[0].duration", "a number > 0"),
     ("", fault('action = "heal"') + fault('action = "restart"\nnode = "bob"\nhard = true'),
      "fault[1].hard", "a known key (one of: action, at, duration, node)"),
@@ -211,12 +213,12 @@ ERRORS = [
      "fault[0].groups[1][2]", "a node declared in [[node]]"),
     ("", fault('action = "partition"\ngroups = [["alice"], ["bob"]]\noneway = 1'),
      "fault[0].oneway", "true or false"),
-    ("", fault('action = "partition"'), "fault[0].groups", "required"),
+    ("", fault('action = "partition"'), "fault[0].groups", MISSING),
     # link
     ("", fault('action = "link"\nlatency_ms = 5'), "fault[0]", "either `between`"),
     ("", fault('action = "link"\nbetween = ["alice", "bob"]\nfrom = "alice"\nto = "bob"'),
      "fault[0]", "either `between`"),
-    ("", fault('action = "link"\nfrom = "alice"\nloss = 0.5'), "fault[0].to", "required"),
+    ("", fault('action = "link"\nfrom = "alice"\nloss = 0.5'), "fault[0].to", MISSING),
     ("", fault('action = "link"\nfrom = "alice"\nto = "alice"\nloss = 0.5'), "fault[0].to",
      "a node other than `from`"),
     ("", fault('action = "link"\nbetween = ["alice", "zed"]\nloss = 0.5'),
@@ -240,16 +242,17 @@ ERRORS = [
     ("", fault('action = "link"\nbetween = ["alice", "bob"]\nnode = "bob"\nloss = 0.1'),
      "fault[0].node", "a known key"),
     # kill, pause, restart, clock-skew, misbehave
-    ("", fault('action = "kill"'), "fault[0].node", "required"),
+    ("", fault('action = "kill"'), "fault[0].node", MISSING),
     ("", fault('action = "kill"\nnode = "zed"'), "fault[0].node", "a node declared in [[node]]"),
     ("", fault('action = "kill"\nnode = "bob"\nrestart_after = -1'), "fault[0].restart_after",
      "a number >= 0"),
-    ("", fault('action = "pause"\nnode = "bob"'), "fault[0].duration", "required"),
+    ("", fault('action = "pause"\nnode = "bob"'), "fault[0].duration",
+     "a number > 0 (required: how long the node stays paused)"),
     ("", fault('action = "restart"\nnode = ["bob"]'), "fault[0].node",
      "a node declared in [[node]]"),
     ("", fault('action = "clock-skew"\nnode = "bob"\noffset_s = "1s"'), "fault[0].offset_s",
      "a number"),
-    ("", fault('action = "clock-skew"\nnode = "bob"'), "fault[0].offset_s", "required"),
+    ("", fault('action = "clock-skew"\nnode = "bob"'), "fault[0].offset_s", MISSING),
     ("", fault('action = "misbehave"\nnode = "bob"\nbehaviour = "lie"'), "fault[0].behaviour",
      "one of: close-stale, withhold-preimage,"),
     ("", fault('action = "misbehave"\nnode = "op"\nbehaviour = "close-stale"'), "fault[0].node",
@@ -595,7 +598,7 @@ def test_generated_topology_in_config_follows_seed():
     text = cfg('[topology]\ngenerate = { kind = "random-regular", degree = 2 }',
                top="[cluster]\nseed = 1")
     a = loads_config(text, SRC)
-    assert a == loads_config(text)
+    assert a == loads_config(text, "elsewhere/t.toml")
     assert len(a.links) == 5 and all(len(a.neighbours(n)) == 2 for n in a.node_names)
     again = parse_config(a.to_dict(), "x")
     assert again == a and "generate" not in again.to_dict()["topology"]

@@ -51,8 +51,9 @@ class HandshakePair:
 
     def __init__(self, a: Identity = ALICE, b: Identity = BOB, *, a_kw: dict | None = None,
                  b_kw: dict | None = None):
-        self.a = Handshake(a, (a_kw or {}).pop("network", NET), True, **(a_kw or {}))
-        self.b = Handshake(b, (b_kw or {}).pop("network", NET), False, **(b_kw or {}))
+        a_kw, b_kw = dict(a_kw or {}), dict(b_kw or {})  # never mutate shared params
+        self.a = Handshake(a, a_kw.pop("network", NET), True, **a_kw)
+        self.b = Handshake(b, b_kw.pop("network", NET), False, **b_kw)
         self.sent: dict[str, list[bytes]] = {"a": [], "b": []}
 
     def run(self, order: Any = "a", tamper=None) -> None:
@@ -161,10 +162,15 @@ def test_partial_prefix_needs_more_data():
     assert dec.next_frame() is None
 
 
-def test_encode_frame_refuses_oversize_body():
+def test_encode_frame_leaves_the_limit_to_the_receiver():
     assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
-    with pytest.raises(LocalProtocolError):
-        encode_frame(bytes(MAX_FRAME_SIZE + 1))
+    big = encode_frame(bytes(MAX_FRAME_SIZE + 1))  # e.g. a control API response
+    dec = FrameDecoder()
+    dec.feed(big[:4])
+    assert reason_of(dec.next_frame) == "frame_too_large"
+    roomy = FrameDecoder(max_size=2 * MAX_FRAME_SIZE)
+    roomy.feed(big)
+    assert roomy.next_frame() == bytes(MAX_FRAME_SIZE + 1)
 
 
 # ======================================================================== codec
@@ -392,6 +398,26 @@ def test_fields_normalise_and_optional():
     assert "ids[1]" in exc.value.detail
 
 
+register("test.wire.lists", fields(hs=[Bytes(4)], subs=[fields(a=int)], fs=[float]))
+
+
+def test_list_specs_report_the_failing_index():
+    ok = {"hs": [b"abcd", b"efgh"], "subs": [{"a": 1}, {"a": 2}], "fs": [1, 2.0]}
+    assert decode(encode("test.wire.lists", ok))[1] == {
+        "hs": [b"abcd", b"efgh"], "subs": [{"a": 1}, {"a": 2}], "fs": [1.0, 2.0]}
+    for bad, where in [
+        ({"hs": [b"abcd", b"abc"]}, "hs[1]"),
+        ({"subs": [{"a": 1}, {"a": 1}, {"a": True}]}, "subs[2]: a"),
+        ({"subs": [{"a": 1, "b": 2}]}, "subs[0]: unknown field"),
+        ({"fs": [1.5, "x"]}, "fs[1]"),
+        ({"fs": 1.5}, "fs: expected [float]"),
+    ]:
+        with pytest.raises(RemoteProtocolError) as exc:
+            decode(encode("test.wire.lists", dict(ok, **bad)))
+        assert exc.value.reason == "bad_payload"
+        assert exc.value.detail.startswith("test.wire.lists: " + where), exc.value.detail
+
+
 def _buggy_validator(p):
     return p["missing"]  # KeyError: a bug, not a peer's fault
 
@@ -494,6 +520,10 @@ def test_handshake_refusals(a_kw, b_kw, reason):
         pair.run()
     assert exc.value.reason == reason
     assert "failed" in (pair.a.state, pair.b.state)
+    refuser = pair.a if pair.a.state == "failed" else pair.b
+    if reason != "wrong_network" and reason != "bad_version":
+        assert refuser.claimed_pubkey in (ALICE.pubkey, BOB.pubkey)  # for the log line
+    assert refuser.peer_pubkey is None  # never authenticated
     assert not (pair.a.complete and pair.b.complete)
 
 

@@ -19,8 +19,7 @@ ATTEMPTS = 100
 
 
 def _line(r: Reader, names: list[str], rng: random.Random) -> nx.Graph:
-    n = len(names)
-    return nx.path_graph(n)
+    return nx.path_graph(len(names))
 
 
 def _ring(r: Reader, names: list[str], rng: random.Random) -> nx.Graph:
@@ -31,8 +30,7 @@ def _ring(r: Reader, names: list[str], rng: random.Random) -> nx.Graph:
 
 
 def _full(r: Reader, names: list[str], rng: random.Random) -> nx.Graph:
-    n = len(names)
-    return nx.complete_graph(n)
+    return nx.complete_graph(len(names))
 
 
 def _star(r: Reader, names: list[str], rng: random.Random) -> nx.Graph:

@@ -145,7 +145,7 @@ class Config:
                 d["host"] = n.host
             d["port"] = n.port
             nodes.append(d)
-        return {
+        d = {
             "cluster": asdict(self.cluster),
             "chain": asdict(self.chain),
             "channels": asdict(self.channels),
@@ -160,6 +160,7 @@ class Config:
             "workload": [_workload_dict(w) for w in self.workloads],
             "fault": [_fault_dict(f) for f in self.faults],
         }
+        return {k: v for k, v in d.items() if v != []}  # no empty [[arrays]]
 
 
 def _plain(v: Any) -> Any:

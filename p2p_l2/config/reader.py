@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 from p2p_l2.errors import ConfigError
 
 REQUIRED: Any = object()  # default meaning "the key must be present"
-_MISSING: Any = object()
+_MISSING: Any = object()  # the value of an absent key, as checks see it
+_NO_GOT: Any = object()
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -25,10 +26,12 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def fail(source: str, path: str, expected: str, got: object = _MISSING) -> ConfigError:
-    """The error for a bad value (or, with got missing, for an absent required key)."""
+def fail(source: str, path: str, expected: str, got: object = _NO_GOT) -> ConfigError:
+    """The error for a bad value `got`, for an absent required key, or (no `got`) a rule."""
     if got is _MISSING:
         return ConfigError(source, path, f"{expected} (required key is missing)")
+    if got is _NO_GOT:
+        return ConfigError(source, path, expected)
     return ConfigError(source, path, expected, got)
 
 
@@ -106,7 +109,7 @@ class Reader:
     def at(self, key: str | int) -> str:
         return join(self.path, key)
 
-    def error(self, key: str | int, expected: str, got: object = _MISSING) -> ConfigError:
+    def error(self, key: str | int, expected: str, got: object = _NO_GOT) -> ConfigError:
         return fail(self.source, self.at(key), expected, got)
 
     def has(self, key: str) -> bool:
@@ -144,8 +147,11 @@ class Reader:
     def names_check(self, role: str | None = None, min_len: int = 0,
                     max_len: int | None = None) -> Callable[[str, str, object], tuple[str, ...]]:
         """A check for a list of node names, for values that are not directly under a key."""
-        size = f"{min_len}" if min_len == max_len else f"at least {min_len}"
-        what = f"a list of {size} node names" if min_len else "a list of node names"
+        if min_len == max_len:
+            what = f"a list of {min_len} node names"
+        else:
+            what = {0: "a list of node names", 1: "a non-empty list of node names"}.get(
+                min_len, f"a list of at least {min_len} node names")
 
         def check(source: str, path: str, v: object) -> tuple[str, ...]:
             items = check_list(source, path, v, what, min_len, max_len)

@@ -107,14 +107,14 @@ def _nodes(root: Reader, cluster_host: str) -> tuple[NodeSpec, ...]:
         roles = roles_of[name]
         watchtower = r.name("watchtower", None, role="watchtower")
         if watchtower is not None and "channels" not in roles:
-            raise r.error("watchtower", "no watchtower on a node without the channels role",
+            raise r.error("watchtower", "`watchtower` only on a node with the channels role",
                           watchtower)
         if watchtower == name:
             raise r.error("watchtower", "a node other than this one", watchtower)
         user = "plasma-user" in roles
         for key in ("plasma", "plasma_deposit"):
             if r.has(key) and not user:
-                raise r.error(key, "no such key on a node without the plasma-user role",
+                raise r.error(key, f"`{key}` only on a node with the plasma-user role",
                               r.data[key])
         plasma = r.name("plasma", None, role="plasma-operator")
         if user and plasma is None:
@@ -286,8 +286,9 @@ def _fault(r: Reader) -> FaultSpec:
             params["from"], params["to"] = r.name("from"), r.name("to")
             if params["from"] == params["to"]:
                 raise r.error("to", "a node other than `from`", params["to"])
-        for key in ("latency_ms", "jitter_ms", "bandwidth_kbps"):
-            put(key, r.float if key != "bandwidth_kbps" else r.int, lo=0)
+        put("latency_ms", r.float, lo=0)
+        put("jitter_ms", r.float, lo=0)
+        put("bandwidth_kbps", r.int, lo=0)
         for key in ("loss", "duplicate", "reorder"):
             put(key, r.float, lo=0, hi=1)
         put("blackhole", r.bool)
@@ -299,7 +300,7 @@ def _fault(r: Reader) -> FaultSpec:
     if action == "kill":
         put("restart_after", r.float, lo=0)
     elif action == "pause" and duration is None:
-        raise r.error("duration", "a number > 0 (how long the node stays paused)")
+        raise r.error("duration", "a number > 0 (required: how long the node stays paused)")
     elif action == "clock-skew":
         params["offset_s"] = r.float("offset_s")
     elif action == "misbehave":

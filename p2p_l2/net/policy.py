@@ -18,8 +18,8 @@ BAN_SCORE = 100
 class Backoff:
     """Capped exponential backoff with full jitter (AWS style): sleep U(0, min(cap, base*2^n))."""
 
-    base: float = 0.05
-    cap: float = 2.0
+    base: float = 0.02
+    cap: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
 

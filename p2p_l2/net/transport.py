@@ -10,7 +10,6 @@ import math
 from collections.abc import Awaitable, Callable
 
 import trio
-import trio.testing
 
 Handler = Callable[[trio.abc.Stream, str], Awaitable[None]]
 
@@ -77,7 +76,9 @@ class MemoryTransport:
         server = self.network._servers.get(name)
         if server is None:
             raise OSError(f"connection refused: {name} is not listening")
+        from trio.testing import memory_stream_pair  # imports pytest: keep it out of node processes
+
         nursery, handler = server
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = memory_stream_pair()
         nursery.start_soon(handler, theirs, f"mem:{self.me}")
         return ours, f"mem:{name}"

@@ -188,12 +188,35 @@ def _compile(spec: Any) -> _Check:
                 return v
 
             return check_list_plain
+        if isinstance(elem, Bytes):
+            n = elem.n
+
+            def check_list_bytes(v: Any, w: str) -> Any:
+                if type(v) is not list:
+                    raise _bad(w, spec, v)
+                for i, x in enumerate(v):
+                    if type(x) is not bytes or len(x) != n:
+                        raise _bad(f"{w}[{i}]", elem, x)
+                return v
+
+            return check_list_bytes
         inner = _compile(elem)
 
         def check_list(v: Any, w: str) -> Any:
             if type(v) is not list:
                 raise _bad(w, spec, v)
-            return [inner(x, f"{w}[{i}]") for i, x in enumerate(v)]
+            ew = w + "[]"  # the index is spliced in only on failure
+            out = []
+            i = 0
+            try:
+                for i, x in enumerate(v):
+                    out.append(inner(x, ew))
+            except RemoteProtocolError as exc:
+                detail = exc.detail
+                if detail.startswith(ew):
+                    detail = f"{w}[{i}]{detail[len(ew):]}"
+                raise RemoteProtocolError(exc.reason, detail) from None
+            return out
 
         return check_list
     if callable(spec):  # a nested validator, e.g. another fields(...)

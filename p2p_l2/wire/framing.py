@@ -17,6 +17,7 @@ __all__ = ["MAX_FRAME_SIZE", "FrameDecoder", "encode_frame"]
 
 MAX_FRAME_SIZE = 4 * 1024 * 1024
 _HEADER = 4
+_PREFIX_LIMIT = 0xFFFFFFFF
 _pack_len = struct.Struct(">I").pack
 _unpack_len = struct.Struct(">I").unpack_from
 # Compact the buffer once the consumed prefix is at least this big and at least
@@ -25,10 +26,15 @@ _COMPACT_MIN = 64 * 1024
 
 
 def encode_frame(body: bytes) -> bytes:
-    """Return `body` with its length prefix; refuses bodies over MAX_FRAME_SIZE."""
+    """Return `body` with its 4-byte length prefix.
+
+    Only the prefix's own limit (4 GiB) is checked here: the size limit belongs to the
+    receiver's FrameDecoder (peer links use MAX_FRAME_SIZE, the control API a larger one),
+    so senders on a peer link must keep their frames within MAX_FRAME_SIZE themselves.
+    """
     n = len(body)
-    if n > MAX_FRAME_SIZE:
-        raise LocalProtocolError(f"frame of {n} bytes exceeds MAX_FRAME_SIZE ({MAX_FRAME_SIZE})")
+    if n > _PREFIX_LIMIT:
+        raise LocalProtocolError(f"frame of {n} bytes does not fit a 4-byte length prefix")
     return _pack_len(n) + body
 
 

@@ -113,6 +113,12 @@ class Handshake:
     def complete(self) -> bool:
         return self.state == COMPLETE
 
+    @property
+    def claimed_pubkey(self) -> bytes | None:
+        """The key in the peer's hello, *not yet authenticated* unless `complete`:
+        fit for logging a refusal, never for banning or scoring."""
+        return self._claimed_pk or None
+
     def _transition(self, event: str) -> str:
         nxt = _TRANSITIONS.get((self.state, event))
         if nxt is None:
@@ -123,10 +129,9 @@ class Handshake:
         """Our hello, to send at once."""
         if self.state != IDLE:
             raise LocalProtocolError(f"start() in state {self.state}")
-        self._hello_body = encode(
-            "hello",
-            {"net": self.network, "ver": self.version, "pk": self.identity.pubkey, "eph": self._eph_pk},
-        )
+        hello = {"net": self.network, "ver": self.version, "pk": self.identity.pubkey,
+                 "eph": self._eph_pk}
+        self._hello_body = encode("hello", hello)
         self.state = _TRANSITIONS[(IDLE, "start")]
         return [self._hello_body]
 
@@ -146,27 +151,32 @@ class Handshake:
 
     def _on_hello(self, body: bytes, p: dict) -> list[bytes]:
         if p["net"] != self.network:
-            raise RemoteProtocolError("wrong_network", f"peer is on {p['net'][:64]!r}, we are on {self.network!r}")
+            raise RemoteProtocolError(
+                "wrong_network", f"peer is on {p['net'][:64]!r}, we are on {self.network!r}")
         if p["ver"] != self.version:
-            raise RemoteProtocolError("bad_version", f"peer speaks v{p['ver']}, we speak v{self.version}")
+            raise RemoteProtocolError(
+                "bad_version", f"peer speaks v{p['ver']}, we speak v{self.version}")
         pk, eph = p["pk"], p["eph"]
+        self._claimed_pk = pk
         if pk == self.identity.pubkey:
             raise RemoteProtocolError("self_connection", "peer has our own public key")
         if self.expect is not None and pk != self.expect:
-            raise RemoteProtocolError("unexpected_peer", f"expected {self.expect.hex()[:16]}, got {pk.hex()[:16]}")
+            raise RemoteProtocolError(
+                "unexpected_peer", f"expected {self.expect.hex()[:16]}, got {pk.hex()[:16]}")
         if self.is_known is not None and not self.is_known(pk):
             raise RemoteProtocolError("unknown_peer", pk.hex()[:16])
         if self.replay_cache is not None and eph in self.replay_cache:
-            raise RemoteProtocolError("replayed_hello", f"ephemeral key {eph.hex()[:16]} seen before")
+            raise RemoteProtocolError("replayed_hello", f"ephemeral {eph.hex()[:16]} seen before")
         try:
             if self.initiator:
                 rx, tx = crypto_kx_client_session_keys(self._eph_pk, self._eph_sk, eph)
             else:
                 rx, tx = crypto_kx_server_session_keys(self._eph_pk, self._eph_sk, eph)
         except Exception:
-            raise RemoteProtocolError("bad_payload", "hello: eph is not a usable X25519 key") from None
+            raise RemoteProtocolError(
+                "bad_payload", "hello: eph is not a usable X25519 key") from None
         self._keys = (tx, rx)
-        self._claimed_pk, self._peer_eph = pk, eph
+        self._peer_eph = eph
         if self.initiator:
             transcript = self._hello_body + body
         else:
@@ -176,7 +186,7 @@ class Handshake:
 
     def _on_auth(self, p: dict) -> list[bytes]:
         if not verify(self._claimed_pk, self._auth_msg, p["sig"]):
-            raise RemoteProtocolError("bad_signature", "auth does not verify against the hello's key")
+            raise RemoteProtocolError("bad_signature", "auth does not verify against hello's pk")
         if self.replay_cache is not None:
             self.replay_cache.add(self._peer_eph)
         self.peer_pubkey = self._claimed_pk
