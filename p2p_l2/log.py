@@ -34,7 +34,7 @@ class EventLog:
     """Writes one node's events; `clock()` returns the node's wall time (skew included)."""
 
     def __init__(self, node: str, path: Path | None = None, clock: Callable[[], float] = time.time,
-                 keep: bool = False):
+                 keep: bool = False, line_buffered: bool = False):
         self.node = node
         self.clock = clock
         self.listeners: list[Listener] = []
@@ -42,7 +42,7 @@ class EventLog:
         self._file: IO[str] | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", buffering=1 << 16, encoding="utf-8")
+            self._file = open(path, "a", buffering=1 if line_buffered else 1 << 16, encoding="utf-8")
         self._logger = structlog.wrap_logger(
             None, processors=[self._stamp, self._fan_out], wrapper_class=structlog.BoundLogger,
         )

@@ -43,7 +43,7 @@ class Launcher:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir).absolute()
         self.info = rundir.read_info(self.run_dir)
-        self.log = EventLog("launcher", self.run_dir / "launcher.jsonl")
+        self.log = EventLog("launcher", self.run_dir / "launcher.jsonl", line_buffered=True)
         self._procs: dict[str, subprocess.Popen] = {}
 
     @property

@@ -1,0 +1,208 @@
+"""Real node processes on loopback: the CLI, the control API and bad input on raw sockets.
+
+Few and bounded: every wait has a deadline, and every cluster is stopped by its fixture.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+
+from p2p_l2 import events as ev
+from p2p_l2.cluster import rundir
+from p2p_l2.errors import ControlError
+from p2p_l2.node.control import ControlClient
+from p2p_l2.testing import make_config
+from p2p_l2.wire import FrameDecoder, Handshake, Identity, codec, encode_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "p2p_l2"]
+
+
+def cli(*args, timeout=60, **kw):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def pids_alive(run_dir: Path) -> list[int]:
+    info = rundir.read_info(run_dir)
+    alive = []
+    for node in info["nodes"].values():
+        pid = node["pid"]
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, TypeError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_cli_up_status_ctl_down(tmp_path):
+    run = tmp_path / "run"
+    up = cli("up", ROOT / "configs" / "line5.toml", "--run-dir", run)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "alice" in up.stdout
+        status = json.loads(cli("status", run, "--json").stdout)
+        peers = {n["name"]: set(n["peers"]) for n in status["nodes"]}
+        assert peers["bob"] == {"alice", "carol"} and all(n["alive"] for n in status["nodes"])
+        res = cli("ctl", run, "alice", "gossip.publish", "--params", '{"topic": "t", "data": "x"}')
+        assert res.returncode == 0 and "msg_id" in json.loads(res.stdout)
+        bad = cli("ctl", run, "alice", "no.such.method")
+        assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "unknown_method"
+        for f in ("topology.toml", "cluster.json", "control.token", "nodes/alice/events.jsonl"):
+            assert (run / f).exists(), f
+        assert (run / "control.token").stat().st_mode & 0o777 == 0o600
+    finally:
+        down = cli("down", run)
+    assert down.returncode == 0, down.stderr
+    assert pids_alive(run) == []
+    events = [json.loads(line) for line in (run / "nodes/bob/events.jsonl").read_text().splitlines()]
+    assert {"ts", "node", "event", "level"} <= set(events[0])
+    assert events[-1]["event"] == ev.NODE_STOPPED
+
+
+def test_config_error_exits_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[node]]\nname = "a"\nroles = ["minr"]\n')
+    res = cli("up", bad, "--run-dir", tmp_path / "run")
+    assert res.returncode == 2
+    assert "bad.toml" in res.stderr and "node[0].roles[0]" in res.stderr
+
+
+def test_ctrl_c_during_up_leaves_no_process(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "up", str(ROOT / "configs" / "ring12.toml"), "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # interrupt once some nodes exist
+        if (run / "cluster.json").exists() and pids_alive(run):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert pids_alive(run) == []
+
+
+async def _refused(port: int, ident: Identity, network: str) -> bool:
+    """Handshake with the node at `port`; True when the node then closes the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    hs = Handshake(ident, network, True)
+    await stream.send_all(b"".join(encode_frame(b) for b in hs.start()))
+    dec = FrameDecoder()
+    with trio.fail_after(5):
+        try:
+            while True:
+                frame = dec.next_frame()
+                if frame is None:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return True
+                    dec.feed(data)
+                elif not hs.complete:
+                    await stream.send_all(b"".join(encode_frame(b) for b in hs.receive(frame)))
+        except Exception:
+            return True
+        finally:
+            await stream.aclose()
+
+
+async def test_bad_peer_input_is_rejected_and_node_keeps_serving(cluster_factory):
+    cluster = await cluster_factory(make_config(3, "line", name="raw"))
+    info = rundir.read_info(cluster.run_dir)["nodes"]["n1"]
+    port = info["port"]
+
+    async def send_raw(data: bytes):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(data)
+        with trio.move_on_after(5):
+            while await stream.receive_some(65536):
+                pass  # the node closes the connection
+        await stream.aclose()
+
+    await send_raw(b"GET / HTTP/1.1\r\n\r\n" * 3)  # garbage: a huge length prefix
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="frame_too_large")
+    await send_raw((1 << 31).to_bytes(4, "big"))  # oversized length prefix
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="frame_too_large")
+    await send_raw(encode_frame(msgpack.packb(["zzz", {}])))  # unknown kind in the handshake
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="unknown_kind")
+    await send_raw(encode_frame(b"\xc1\xc1\xc1"))  # not msgpack
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="malformed")
+
+    # a hello claiming n0's key but signed by someone else: forged signature
+    real = Identity.derive(cluster.config.cluster.seed, "n0")
+    class Forger(Identity):
+        def sign(self, msg):
+            return Identity.derive(99, "mallory").sign(msg)
+    forger = Forger.derive(cluster.config.cluster.seed, "n0")
+    assert await _refused(port, forger, "raw")
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="bad_signature")
+    # a peer of another network
+    assert await _refused(port, real, "other-net")
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="wrong_network")
+    # a stranger's key
+    assert await _refused(port, Identity.derive(5, "stranger"), "raw")
+    await cluster.wait_for_event("n1", ev.MSG_REJECTED, reason="unknown_peer")
+
+    status = await cluster["n1"].call("status")
+    assert set(status["peers"]) == {"n0", "n2"}  # real peers were never disturbed
+    res = await cluster["n0"].call("gossip.publish", topic="t", data="still fine")
+    await cluster.wait_for_event("n2", ev.GOSSIP_DELIVERED, msg_id=res["msg_id"])
+
+
+async def test_control_api_refuses_bad_requests(cluster_factory):
+    cluster = await cluster_factory(make_config(2, "line", name="ctl"))
+    port = rundir.read_info(cluster.run_dir)["nodes"]["n0"]["control_port"]
+    token = rundir.read_token(cluster.run_dir)
+    for wrong in ("", "nope"):
+        with pytest.raises(ControlError) as err:
+            await ControlClient("127.0.0.1", port, wrong).call("status")
+        assert err.value.code == "unauthorized"
+    client = ControlClient("127.0.0.1", port, token)
+    with pytest.raises(ControlError) as err:
+        await client.call("gossip.publish", topic=3, data="x")
+    assert err.value.code == "bad_params"
+    # garbage on the control socket does not take the node down
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(encode_frame(b"\xc1garbage"))
+    reply = msgpack.unpackb((await stream.receive_some(65536))[4:])
+    assert reply["error"]["code"] == "bad_request"
+    await stream.aclose()
+    assert (await client.call("status"))["name"] == "n0"
+    await client.aclose()
+    logged = await cluster.wait_for_event("n0", ev.CONTROL_ERROR, code="unauthorized")
+    assert logged["level"] == "warning"
+
+
+async def test_process_faults_and_event_cursor(cluster_factory):
+    cluster = await cluster_factory(make_config(3, "line", name="faults"))
+    first = await cluster.wait_for_event("n1", ev.PEER_CONNECTED)
+    second = await cluster.wait_for_event("n1", ev.PEER_CONNECTED)
+    assert {first["peer"], second["peer"]} == {"n0", "n2"}  # never the same line twice
+
+    await cluster.kill("n2")
+    assert not cluster.alive("n2")
+    await cluster.wait_for_event("n1", ev.PEER_DISCONNECTED, peer="n2")
+    await cluster.restart("n2")
+    await cluster.wait_for_event("n1", ev.PEER_CONNECTED, peer="n2")
+
+    await cluster.pause("n0")
+    with pytest.raises(ControlError) as err:
+        await cluster["n0"].call("status", _timeout=0.5)
+    assert err.value.code == "timeout"
+    await cluster.resume("n0")
+    assert (await cluster["n0"].call("status"))["name"] == "n0"
+    launcher = [json.loads(x) for x in (cluster.run_dir / "launcher.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in launcher]
+    for name in (ev.PROCESS_KILLED, ev.PROCESS_PAUSED, ev.PROCESS_RESUMED):
+        assert name in kinds
