@@ -33,10 +33,12 @@ def cli(*args, timeout=60, **kw):
 
 
 def pids_alive(run_dir: Path) -> list[int]:
+    """Live processes of the run: pids in cluster.json and the pid files nodes write."""
     info = rundir.read_info(run_dir)
+    pids = {n["pid"] for n in info["nodes"].values()}
+    pids |= {int(p.read_text()) for p in run_dir.glob("nodes/*/pid") if p.read_text()}
     alive = []
-    for node in info["nodes"].values():
-        pid = node["pid"]
+    for pid in pids:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, TypeError):

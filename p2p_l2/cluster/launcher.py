@@ -20,6 +20,9 @@ from ..log import EventLog
 from . import rundir
 
 
+ZYGOTE_MODULE = "p2p_l2.cluster.zygote"
+
+
 def node_command(run_dir: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "p2p_l2", "node", "--run-dir", str(run_dir), "--name", name]
 
@@ -51,14 +54,22 @@ class Launcher:
         return list(self.info["nodes"])
 
     def pid(self, name: str) -> int | None:
-        return self.info["nodes"][name]["pid"]
+        """The node's pid: from the pid file the node writes at start, else cluster.json."""
+        proc = self._procs.get(name)
+        if proc is not None:
+            return proc.pid
+        try:
+            return int((self.run_dir / "nodes" / name / "pid").read_text())
+        except (OSError, ValueError):
+            return self.info["nodes"][name]["pid"]
 
     def owns(self, name: str, pid: int | None) -> bool:
         """Is `pid` this run's process for node `name` (and not a zombie)?"""
         if not pid or _state(pid) in ("", "Z", "X"):
             return False
         cmd = _cmdline(pid)
-        return "--run-dir" in cmd and str(self.run_dir) in cmd and name in cmd
+        forked = ZYGOTE_MODULE in cmd  # a node forked by the zygote keeps its command line
+        return "--run-dir" in cmd and str(self.run_dir) in cmd and (forked or name in cmd)
 
     def alive(self, name: str) -> bool:
         proc = self._procs.get(name)
@@ -80,6 +91,28 @@ class Launcher:
         rundir.write_info(self.run_dir, self.info)
         self.log.info(ev.PROCESS_STARTED, peer=name, pid=proc.pid)
         return proc.pid
+
+    def spawn_many(self, names: list[str]) -> None:
+        """Start many nodes at once through a fork server (see zygote.py)."""
+        for name in names:
+            if self.alive(name):
+                raise P2PL2Error(f"node {name} is already running (pid {self.pid(name)})")
+        zygote = subprocess.Popen([sys.executable, "-m", ZYGOTE_MODULE, "--run-dir", str(self.run_dir)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  start_new_session=True, cwd=self.run_dir)
+        try:
+            zygote.stdin.write("".join(f"{n}\n" for n in names))
+            zygote.stdin.close()
+            for line in zygote.stdout:
+                name, pid = line.split()
+                self.info["nodes"][name]["pid"] = int(pid)
+                self.log.info(ev.PROCESS_STARTED, peer=name, pid=int(pid))
+        finally:
+            rundir.write_info(self.run_dir, self.info)
+            zygote.wait()
+        missing = [n for n in names if not self.alive(n)]
+        if missing:
+            raise P2PL2Error(f"fork server did not start {', '.join(missing)}")
 
     def signal(self, name: str, sig: signal.Signals, event: str) -> int:
         pid = self.pid(name)

@@ -98,9 +98,8 @@ class Cluster(ClusterBase):
         report = on_progress or (lambda stage, done, total: None)
         with trio.fail_after(timeout):
             try:
-                for i, name in enumerate(names):
-                    self.launcher.spawn(name)
-                    report("spawned", i + 1, len(names))
+                await trio.to_thread.run_sync(self.launcher.spawn_many, names)
+                report("spawned", len(names), len(names))
                 await self._wait_listening(names, report)
                 await self._wait_links(report)
             except trio.TooSlowError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import traceback
 from pathlib import Path
@@ -37,7 +38,11 @@ async def serve(node: Node) -> None:
 
 
 def main(run_dir: str, name: str) -> int:
-    node = build_node(Path(run_dir).absolute(), name)
+    run_dir = Path(run_dir).absolute()
+    # First thing: say who we are, so `down` finds us even if the launcher died mid-spawn.
+    (run_dir / "nodes" / name).mkdir(parents=True, exist_ok=True)
+    (run_dir / "nodes" / name / "pid").write_text(str(os.getpid()))
+    node = build_node(run_dir, name)
     try:
         trio.run(serve, node)
     except BaseException as exc:  # log why we died, then die
