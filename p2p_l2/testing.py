@@ -14,20 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .config import Config, load_config, loads_config
-
-
-def make_config(n: int = 3, topology: str = "line", *, name: str = "test", seed: int = 1,
-                roles: dict[str, list[str]] | None = None, extra: str = "") -> Config:
-    """A config of nodes n0..n{n-1} joined by a generated topology; `extra` is more TOML."""
-    roles = roles or {}
-    lines = [f'[cluster]\nname = "{name}"\nseed = {seed}\n',
-             f'[topology]\ngenerate = {{ kind = "{topology}" }}\n']
-    for i in range(n):
-        node = f"n{i}"
-        node_roles = ", ".join(f'"{r}"' for r in roles.get(node, []))
-        lines.append(f'[[node]]\nname = "{node}"\nroles = [{node_roles}]\n')
-    return loads_config("\n".join(lines) + extra, source=f"<make_config {name}>")
+from .config import Config, load_config, make_config  # noqa: F401 - re-exported for tests
 
 
 def _as_config(config) -> Config:

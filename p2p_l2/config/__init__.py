@@ -21,7 +21,7 @@ from p2p_l2.errors import ConfigError
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 __all__ = [
-    "load_config", "loads_config", "parse_config", "builtin_config", "generate_links",
+    "load_config", "loads_config", "make_config", "parse_config", "builtin_config", "generate_links",
     "Config", "NodeSpec", "LinkParams", "ClusterSpec", "ChainParams", "ChannelParams",
     "PlasmaParams", "ChannelSpec", "WorkloadSpec", "FaultSpec", "ROLES",
 ]
@@ -56,3 +56,20 @@ def builtin_config(name: str = "demo") -> Path:
         raise ConfigError(str(path), "", "a built-in config (one of: " + ", ".join(known) + ")",
                           name)
     return path
+
+
+def make_config(n: int = 3, topology: str = "line", *, name: str = "test", seed: int = 1,
+                roles: dict[str, list[str]] | None = None, extra: str = "", **generate) -> Config:
+    """A config of nodes n0..n{n-1} joined by a generated topology; `extra` is more TOML.
+
+    `generate` holds the generator's parameters, e.g. `make_config(50, "random-regular", degree=4)`.
+    """
+    roles = roles or {}
+    params = "".join(f", {k.replace('_', '-')} = {v!r}" for k, v in generate.items())
+    lines = [f'[cluster]\nname = "{name}"\nseed = {seed}\n',
+             f'[topology]\ngenerate = {{ kind = "{topology}"{params} }}\n']
+    for i in range(n):
+        node = f"n{i}"
+        node_roles = ", ".join(f'"{r}"' for r in roles.get(node, []))
+        lines.append(f'[[node]]\nname = "{node}"\nroles = [{node_roles}]\n')
+    return loads_config("\n".join(lines) + extra, source=f"<make_config {name}>")

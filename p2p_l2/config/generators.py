@@ -10,8 +10,18 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-import networkx as nx
 
+
+class _LazyNetworkx:
+    """networkx is imported on first use: node processes load resolved configs (explicit
+    links) and should not pay its import time and memory."""
+
+    def __getattr__(self, name: str) -> Any:
+        import networkx
+        return getattr(networkx, name)
+
+
+nx = _LazyNetworkx()
 from p2p_l2.config.reader import Reader
 
 PATH = "topology.generate"

@@ -72,8 +72,9 @@ class Node:
         self._links_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
-        for method, fn in {"status": self.status, "peers": self.peers,
-                           "gossip.publish": self.publish, "shutdown": self.shutdown}.items():
+        for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
+                           "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
+                           "gossip.stats": self.gossip_stats}.items():
             self.control.register(method, fn)
 
     # -- time --------------------------------------------------------------------------
@@ -308,6 +309,31 @@ class Node:
         self.log.info(ev.GOSSIP_PUBLISHED, msg_id=msg_id.hex(), topic=topic, size=len(data))
         self._execute(actions)
         return {"msg_id": msg_id.hex()}
+
+    async def publish_many(self, topic: str, count: int, size: int = 100, rate: float = 0.0) -> dict:
+        """Originate `count` distinct messages of (at least) `size` bytes, at `rate`/s (0 = at once).
+
+        A load generator for gossip experiments and `p2p-l2 bench gossip`; each message is
+        logged like a `gossip.publish` one.  Returns when all are published.
+        """
+        if not (isinstance(count, int) and 0 < count <= 1_000_000 and isinstance(size, int)
+                and 16 <= size <= 1_000_000 and isinstance(rate, (int, float)) and rate >= 0):
+            raise ControlError("bad_params", "need 0 < count <= 1e6, 16 <= size <= 1e6, rate >= 0")
+        start, t0 = self.wall(), trio.current_time()
+        pad = b"\0" * size
+        for i in range(count):
+            if rate:
+                await trio.sleep_until(t0 + i / rate)
+            elif i % 256 == 0:
+                await trio.sleep(0)  # let links drain between bursts
+            head = f"{i}:{self.name}:{start:.6f}:".encode()  # distinct across nodes and runs
+            data = head + pad[:max(0, size - len(head))]
+            self.publish(topic, data)
+        return {"count": count, "seconds": trio.current_time() - t0}
+
+    def gossip_stats(self) -> dict:
+        """Gossip counters and per-link traffic counters."""
+        return {**self.gossip.stats, "links": {n: dict(link.stats) for n, link in self.links.items()}}
 
     async def shutdown(self) -> dict:
         if self._nursery is not None:
