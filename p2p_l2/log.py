@@ -16,6 +16,7 @@ from typing import IO, Any
 import structlog
 
 Listener = Callable[[dict], None]
+FLUSH_AGE = 0.05  # seconds an event may wait in the buffer while more events come
 
 
 def _default(value: Any) -> Any:
@@ -40,12 +41,14 @@ class EventLog:
         self.listeners: list[Listener] = []
         self.kept: list[dict] | None = [] if keep else None
         self._file: IO[str] | None = None
+        self._flushed = time.monotonic()
+        self.dirty = False
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", buffering=1 if line_buffered else 1 << 16, encoding="utf-8")
-        self._logger = structlog.wrap_logger(
-            None, processors=[self._stamp, self._fan_out], wrapper_class=structlog.BoundLogger,
-        )
+        # A concrete BoundLogger (not the lazy proxy wrap_logger returns, which re-binds on
+        # every call); the last processor writes the event and drops it.
+        self._logger = structlog.BoundLogger(None, [self._stamp, self._fan_out], {})
 
     def _stamp(self, _logger, method: str, event_dict: dict) -> dict:
         out = {"ts": self.clock(), "node": self.node, "event": event_dict.pop("event"),
@@ -56,6 +59,10 @@ class EventLog:
     def _fan_out(self, _logger, _method, event: dict):
         if self._file is not None:
             self._file.write(dumps(event) + "\n")
+            self.dirty = True
+            now = time.monotonic()
+            if now - self._flushed > FLUSH_AGE:  # a busy log reaches the file this often
+                self.flush()
         if self.kept is not None:
             self.kept.append(event)
         for listener in self.listeners:
@@ -75,8 +82,11 @@ class EventLog:
         self.emit(event, "error", **fields)
 
     def flush(self) -> None:
+        """Write buffered events out (the node also calls this on a timer when idle)."""
         if self._file is not None:
             self._file.flush()
+            self._flushed = time.monotonic()
+            self.dirty = False
 
     def close(self) -> None:
         if self._file is not None:

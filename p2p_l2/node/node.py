@@ -30,8 +30,7 @@ from .control import ControlRegistry, ControlServer
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT = 5.0
-GOSSIP_TICK = 0.5
-LOG_FLUSH = 0.05  # events reach the file (and so `wait_for_event`) within this
+TICK = 0.2  # idle housekeeping: flush the log tail, re-request timed-out gossip fetches
 
 
 class Node:
@@ -276,13 +275,11 @@ class Node:
                 self._penalize(action.peer, "invalid")
 
     async def _tick_loop(self) -> None:
-        ticks = 0
         while True:
-            await trio.sleep(LOG_FLUSH)
-            self.log.flush()
-            ticks += 1
-            if ticks % round(GOSSIP_TICK / LOG_FLUSH) == 0:
-                self._execute(self.gossip.tick(trio.current_time()))
+            await trio.sleep(TICK)
+            if self.log.dirty:
+                self.log.flush()
+            self._execute(self.gossip.tick(trio.current_time()))
 
     # -- control methods ---------------------------------------------------------------
     def status(self) -> dict:
