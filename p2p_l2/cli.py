@@ -131,6 +131,11 @@ async def _down(args) -> int:
     return 0
 
 
+async def _demo(args) -> int:
+    from .demo import run
+    return await run(args.run_dir)
+
+
 def _node(args) -> int:
     from .node.process import main
     return main(args.run_dir, args.name)
@@ -167,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop every node of a run")
     down.add_argument("run_dir", nargs="?", type=Path)
     down.set_defaults(run=_down)
+
+    demo = sub.add_parser("demo", help="run the built-in demo config and report what happened")
+    demo.add_argument("--run-dir", type=Path)
+    demo.set_defaults(run=_demo)
 
     node = sub.add_parser("node", help="run one node (what the launcher spawns)")
     node.add_argument("--run-dir", required=True)
