@@ -208,3 +208,22 @@ async def test_process_faults_and_event_cursor(cluster_factory):
     kinds = [e["event"] for e in launcher]
     for name in (ev.PROCESS_KILLED, ev.PROCESS_PAUSED, ev.PROCESS_RESUMED):
         assert name in kinds
+
+
+def test_node_that_fails_to_start_is_reported_with_its_log(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    cfg = tmp_path / "clash.toml"
+    cfg.write_text(f'[cluster]\nname = "clash"\n[[node]]\nname = "a"\n[[node]]\nname = "b"\n'
+                   f'port = {port}\n[topology]\nlinks = [["a", "b"]]\n')
+    run = tmp_path / "run"
+    try:
+        res = cli("up", cfg, "--run-dir", run)
+    finally:
+        holder.close()
+    assert res.returncode == 1
+    assert "node b exited during start-up" in res.stderr
+    assert "Address already in use" in res.stderr  # the tail of b's log says why
+    assert pids_alive(run) == []  # and a, which did start, was stopped

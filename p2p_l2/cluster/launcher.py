@@ -97,6 +97,7 @@ class Launcher:
         for name in names:
             if self.alive(name):
                 raise P2PL2Error(f"node {name} is already running (pid {self.pid(name)})")
+            self.info["nodes"][name]["pid"] = None
         zygote = subprocess.Popen([sys.executable, "-m", ZYGOTE_MODULE, "--run-dir", str(self.run_dir)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   start_new_session=True, cwd=self.run_dir)
@@ -110,9 +111,9 @@ class Launcher:
         finally:
             rundir.write_info(self.run_dir, self.info)
             zygote.wait()
-        missing = [n for n in names if not self.alive(n)]
+        missing = [n for n in names if not self.info["nodes"][n]["pid"]]
         if missing:
-            raise P2PL2Error(f"fork server did not start {', '.join(missing)}")
+            raise P2PL2Error(f"the fork server did not start {', '.join(missing)}")
 
     def signal(self, name: str, sig: signal.Signals, event: str) -> int:
         pid = self.pid(name)

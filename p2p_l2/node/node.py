@@ -79,9 +79,10 @@ class Node:
     # -- time --------------------------------------------------------------------------
     def wall(self) -> float:
         """This node's clock in epoch seconds, skew included (follows trio's clock)."""
-        if self._epoch is None:
+        try:
+            return self._epoch + trio.current_time() + self.skew
+        except (TypeError, RuntimeError):  # before run() or outside trio
             return time.time() + self.skew
-        return self._epoch + trio.current_time() + self.skew
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
