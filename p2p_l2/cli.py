@@ -113,7 +113,7 @@ async def _ctl(args) -> int:
         raise P2PL2Error("--params must be a JSON object")
     cluster = Cluster.attach(args.run_dir)
     try:
-        result = await cluster[args.node].call(args.method, **params)
+        result = await cluster[args.node].request(args.method, params)
     except KeyError as exc:
         raise P2PL2Error(exc.args[0]) from None
     except ControlError as exc:

@@ -105,3 +105,23 @@ def test_seen_cache_is_bounded():
     for i in range(50):
         g.publish("t", str(i).encode(), 0.0)
     assert len(g._seen) == 10
+
+
+def test_ignored_messages_are_forgotten_not_punished():
+    from p2p_l2.gossip import Ignore
+
+    ready = {"ok": False}
+
+    def later(data):
+        if not ready["ok"]:
+            raise Ignore
+
+    net = FakeNet([("a", "b"), ("b", "c")])
+    net.cores["b"].add_validator("t", later)
+    payload = {"id": message_id("t", b"x"), "t": "t", "d": b"x", "h": 0, "o": "a", "ts": 0.0}
+    assert net.cores["b"].receive("a", "gossip", dict(payload), 0.0) == []
+    assert not net.cores["b"].has(payload["id"]) and not net.rejected
+    ready["ok"] = True  # e.g. the missing parent arrived: the same message is now accepted
+    net.feed("b", net.cores["b"].receive("a", "gossip", dict(payload), 0.0))
+    net.run()
+    assert [d.data for d in net.delivered["c"]] == [b"x"]

@@ -134,6 +134,42 @@ async def test_misbehaving_peer_is_banned_for_a_while(autojump_clock, memory_clu
     assert trio.current_time() >= banned["ts"] - cluster.epoch + 30
 
 
+async def test_keepalive_holds_idle_links(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(make_config(3, "line"), ping_interval=1.0)
+    await trio.sleep(60)  # 15 ping timeouts' worth of silence from the application
+    assert not [e for n in cluster.names for e in cluster.events(n)
+                if e["event"] == ev.PEER_DISCONNECTED]
+    assert await cluster.linked()
+
+
+async def test_only_topology_neighbours_are_accepted(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(make_config(3, "line"))
+    with pytest.raises(trio.BrokenResourceError):  # n0 and n2 are not linked in n0-n1-n2
+        stream, session = await _raw_session(cluster, "n0", "n2")
+        await stream.receive_some(1)
+        raise trio.BrokenResourceError
+    rejected = await cluster.wait_for_event("n0", ev.MSG_REJECTED, reason="not_a_neighbour")
+    assert rejected["peer"] == "n2"
+
+
+async def test_out_of_range_gossip_fields_are_refused(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(make_config(3, "line"))
+    await cluster.kill("n0")
+    stream, session = await _raw_session(cluster, "n1", "n0")
+    from p2p_l2.gossip import message_id
+    payload = {"id": message_id("t", b"x"), "t": "t", "d": b"x", "h": 2**64 - 1, "o": "n0", "ts": 0.0}
+    body = msgpack.packb(["gossip", payload])
+    await stream.send_all(encode_frame(session.seal(len(body).to_bytes(4, "big") + body)))
+    rejected = await cluster.wait_for_event("n1", ev.MSG_REJECTED, peer="n0")
+    assert rejected["reason"] == "bad_payload"
+    # the same message, honestly published later, still floods (it was never marked seen)
+    await cluster.restart("n0")
+    await cluster.wait_connected()
+    res = await cluster["n0"].call("gossip.publish", topic="t", data="x")
+    assert res["msg_id"] == payload["id"].hex()
+    await cluster.wait_for_event("n2", ev.GOSSIP_DELIVERED, msg_id=res["msg_id"])
+
+
 async def test_silent_link_times_out(autojump_clock):
     a, b = trio.testing.memory_stream_pair()
     ia, ib = Identity.derive(1, "a"), Identity.derive(1, "b")

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import trio
 
-from p2p_l2 import events as ev
+from p2p_l2 import Cluster, events as ev
 from p2p_l2.cluster import rundir
 from p2p_l2.errors import ControlError
 from p2p_l2.node.control import ControlClient
@@ -59,6 +59,8 @@ def test_cli_up_status_ctl_down(tmp_path):
         assert peers["bob"] == {"alice", "carol"} and all(n["alive"] for n in status["nodes"])
         res = cli("ctl", run, "alice", "gossip.publish", "--params", '{"topic": "t", "data": "x"}')
         assert res.returncode == 0 and "msg_id" in json.loads(res.stdout)
+        odd = cli("ctl", run, "alice", "status", "--params", '{"method": 1, "self": 2}')
+        assert odd.returncode == 1 and json.loads(odd.stdout)["error"]["code"] == "bad_params"
         bad = cli("ctl", run, "alice", "no.such.method")
         assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "unknown_method"
         for f in ("topology.toml", "cluster.json", "control.token", "nodes/alice/events.jsonl"):
@@ -81,8 +83,7 @@ def test_config_error_exits_2(tmp_path):
     assert "bad.toml" in res.stderr and "node[0].roles[0]" in res.stderr
 
 
-def test_ctrl_c_during_up_leaves_no_process(tmp_path):
-    run = tmp_path / "run"
+def _interrupt_up(run: Path, sig: signal.Signals) -> subprocess.Popen:
     proc = subprocess.Popen([*CLI, "up", str(ROOT / "configs" / "ring12.toml"), "--run-dir", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -90,9 +91,22 @@ def test_ctrl_c_during_up_leaves_no_process(tmp_path):
         if (run / "cluster.json").exists() and pids_alive(run):
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.communicate(timeout=30)
+    return proc
+
+
+def test_ctrl_c_during_up_leaves_no_process(tmp_path):
+    proc = _interrupt_up(tmp_path / "run", signal.SIGINT)
     assert proc.returncode != 0
+    assert pids_alive(tmp_path / "run") == []
+
+
+def test_down_after_up_was_killed(tmp_path):
+    run = tmp_path / "run"
+    _interrupt_up(run, signal.SIGKILL)  # up cannot clean up: its nodes live on ...
+    res = cli("down", run)  # ... and down finds every one of them
+    assert res.returncode == 0, res.stderr
     assert pids_alive(run) == []
 
 
@@ -227,3 +241,13 @@ def test_node_that_fails_to_start_is_reported_with_its_log(tmp_path):
     assert "node b exited during start-up" in res.stderr
     assert "Address already in use" in res.stderr  # the tail of b's log says why
     assert pids_alive(run) == []  # and a, which did start, was stopped
+
+
+async def test_cluster_launch_stops_everything_on_exit(tmp_path):
+    async with Cluster.launch(make_config(3, "ring", name="launch"), run_dir=tmp_path / "run") as c:
+        assert await c.linked()
+        res = await c["n0"].call("gossip.publish", topic="t", data="x")
+        await c.wait_for_event("n2", ev.GOSSIP_DELIVERED, msg_id=res["msg_id"])
+        attached = Cluster.attach(tmp_path / "run")  # what scripts use after `p2p-l2 up`
+        assert (await attached["n1"].call("status"))["name"] == "n1"
+    assert pids_alive(tmp_path / "run") == []

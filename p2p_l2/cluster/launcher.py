@@ -34,6 +34,14 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
+def _kill(pid: int, sig: signal.Signals) -> None:
+    """Signal a process that may have exited since we looked."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -89,7 +97,7 @@ class Launcher:
         self._procs[name] = proc
         self.info["nodes"][name]["pid"] = proc.pid
         rundir.write_info(self.run_dir, self.info)
-        self.log.info(ev.PROCESS_STARTED, peer=name, pid=proc.pid)
+        self.log.info(ev.PROCESS_STARTED, node=name, pid=proc.pid)
         return proc.pid
 
     def spawn_many(self, names: list[str]) -> None:
@@ -107,7 +115,7 @@ class Launcher:
             for line in zygote.stdout:
                 name, pid = line.split()
                 self.info["nodes"][name]["pid"] = int(pid)
-                self.log.info(ev.PROCESS_STARTED, peer=name, pid=int(pid))
+                self.log.info(ev.PROCESS_STARTED, node=name, pid=int(pid))
         finally:
             rundir.write_info(self.run_dir, self.info)
             zygote.wait()
@@ -119,8 +127,8 @@ class Launcher:
         pid = self.pid(name)
         if not self.alive(name):
             raise P2PL2Error(f"node {name} is not running")
-        os.kill(pid, sig)
-        self.log.info(event, peer=name, pid=pid)
+        _kill(pid, sig)
+        self.log.info(event, node=name, pid=pid)
         return pid
 
     def kill(self, name: str) -> None:
@@ -141,39 +149,38 @@ class Launcher:
             time.sleep(0.01)
         proc = self._procs.pop(name, None)
         code = proc.wait() if proc is not None else None
-        self.log.info(ev.PROCESS_EXITED, peer=name, pid=self.pid(name), returncode=code)
+        self.log.info(ev.PROCESS_EXITED, node=name, pid=self.pid(name), returncode=code)
         return True
 
-    def stop(self, name: str, timeout: float = 5.0) -> None:
-        """SIGTERM (a clean shutdown), then SIGKILL if it is still there after `timeout`."""
-        if not self.alive(name):
-            self._procs.pop(name, None)
-            return
-        pid = self.pid(name)
-        if _state(pid) == "T":
-            os.kill(pid, signal.SIGCONT)
-        os.kill(pid, signal.SIGTERM)
-        if not self._reap(name, timeout):
-            os.kill(pid, signal.SIGKILL)
-            self.log.info(ev.PROCESS_KILLED, peer=name, pid=pid)
-            self._reap(name, 5.0)
-
-    def stop_all(self, timeout: float = 5.0) -> None:
-        """Stop every node of the run; no process of it is left behind."""
-        running = [n for n in self.names if self.alive(n)]
+    def stop(self, names: list[str], timeout: float = 5.0) -> int:
+        """SIGTERM (a clean shutdown; paused nodes are resumed first), then SIGKILL what is
+        still there after `timeout`.  Returns how many were running."""
+        running = [n for n in names if self.alive(n)]
         for name in running:
             pid = self.pid(name)
             if _state(pid) == "T":
-                os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGTERM)
+                _kill(pid, signal.SIGCONT)
+            _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for name in running:
             if not self._reap(name, max(0.0, deadline - time.monotonic())):
-                os.kill(self.pid(name), signal.SIGKILL)
-                self.log.info(ev.PROCESS_KILLED, peer=name, pid=self.pid(name))
+                _kill(self.pid(name), signal.SIGKILL)
+                self.log.info(ev.PROCESS_KILLED, node=name, pid=self.pid(name))
                 self._reap(name, 5.0)
-        self.log.info(ev.LAUNCHER_DOWN, nodes=len(running))
-        self.log.flush()
+        for name in names:
+            self._procs.pop(name, None)
+        return len(running)
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Stop every node of the run; no process of it is left behind."""
+        try:  # a fork server still forking (its `up` was killed) must not start more nodes
+            zygote = int((self.run_dir / "zygote.pid").read_text())
+            if ZYGOTE_MODULE in _cmdline(zygote) and str(self.run_dir) in _cmdline(zygote):
+                _kill(zygote, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        stopped = self.stop(self.names, timeout)
+        self.log.info(ev.LAUNCHER_DOWN, nodes=stopped)
 
     def tail(self, name: str, lines: int = 15) -> str:
         """The last lines of a node's stderr and event log, to show why it failed."""

@@ -34,7 +34,10 @@ class MemoryNodeHandle:
             raise P2PL2Error(f"node {self.name} is not running")
         return node
 
-    async def call(self, method: str, **params):
+    async def call(self, method: str, /, **params):
+        return await self.request(method, params)
+
+    async def request(self, method: str, params: dict, timeout: float | None = None):
         result = await self.node.control.call(method, params)
         return msgpack.unpackb(msgpack.packb(result, use_bin_type=True), raw=False)
 

@@ -31,9 +31,13 @@ class ProcessNodeHandle:
     def __init__(self, name: str, client: ControlClient):
         self.name, self.client = name, client
 
-    async def call(self, method: str, _timeout: float | None = None, **params):
-        """Call a control method; raises ControlError(code) on failure."""
-        return await self.client.call(method, _timeout, **params)
+    async def call(self, method: str, /, _timeout: float | None = None, **params):
+        """Call a control method; raises ControlError(code) on failure.  (`_timeout` is the
+        client's deadline, not a parameter; use `request` for arbitrary parameter names.)"""
+        return await self.client.request(method, params, _timeout)
+
+    async def request(self, method: str, params: dict, timeout: float | None = None):
+        return await self.client.request(method, params, timeout)
 
 
 class Cluster(ClusterBase):
@@ -130,7 +134,8 @@ class Cluster(ClusterBase):
             up = 0
             for name in self.names:
                 if not self.launcher.alive(name):
-                    continue
+                    raise NodeStartError(f"node {name} died before its links were up\n"
+                                         f"{self.launcher.tail(name)}")
                 peers = set((await self[name].call("status"))["peers"])
                 up += sum(1 for a, b in self.config.links if a == name and b in peers)
             report("links", up, total)
@@ -156,7 +161,7 @@ class Cluster(ClusterBase):
     async def restart(self, name: str, timeout: float = 30.0) -> None:
         """Start the node again on its database (stopping it first if it runs)."""
         if self.launcher.alive(name):
-            await trio.to_thread.run_sync(self.launcher.stop, name)
+            await trio.to_thread.run_sync(self.launcher.stop, [name])
         self.launcher.spawn(name)
         await self.wait_node_ready(name, timeout)
 

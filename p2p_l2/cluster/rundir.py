@@ -38,7 +38,7 @@ def newest_run_dir(base: Path = RUNS) -> Path:
     runs = [p for p in base.glob("*") if (p / "cluster.json").exists()] if base.is_dir() else []
     if not runs:
         raise P2PL2Error(f"no run directory under {base}/ (start one with `p2p-l2 up CONFIG`)")
-    return max(runs, key=lambda p: (p / "cluster.json").stat().st_mtime)
+    return max(runs, key=lambda p: read_info(p).get("created", 0))
 
 
 def free_ports(host: str, count: int) -> list[int]:

@@ -42,6 +42,7 @@ def serve(run_dir: Path) -> None:
 
     # Reap children that end while we are alive; after we exit, init adopts the rest.
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    (run_dir / "zygote.pid").write_text(str(os.getpid()))  # so `down` can stop us mid-spawn
     for line in sys.stdin:
         name = line.strip()
         if not name:

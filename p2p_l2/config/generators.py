@@ -97,6 +97,8 @@ def generate_links(kind: str, names: list[str], seed: int, *, source: str = "<ge
 
     Raises `ConfigError` (in `source`, at `topology.generate.<key>`) for bad parameters.
     """
+    import networkx  # noqa: F401 - import it whole here, not half-way inside an except clause
+
     names = list(names)
     r = Reader(source, PATH, params)
     if kind not in KINDS:

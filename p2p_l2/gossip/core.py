@@ -19,7 +19,14 @@ from ..errors import RemoteProtocolError
 
 ID_SIZE = 16
 
-Validator = Callable[[bytes], None]  # raises RemoteProtocolError(reason) to reject
+Validator = Callable[[bytes], None]  # raises RemoteProtocolError(reason) to reject, Ignore to pass
+MAX_HOPS = 255
+MAX_WANTED = 10_000  # objects being fetched at once; more announcements wait for a re-announce
+
+
+class Ignore(Exception):
+    """Raised by a validator that cannot judge a message yet (e.g. a block whose parent is
+    unknown): it is neither delivered, relayed nor remembered, and nobody is penalised."""
 
 
 def message_id(topic: str, data: bytes) -> bytes:
@@ -66,7 +73,7 @@ class _Bounded(OrderedDict):
 
 
 class Gossip:
-    def __init__(self, origin: str, *, seen_size: int = 100_000, store_size: int = 2_000,
+    def __init__(self, origin: str, *, seen_size: int = 20_000, store_bytes: int = 64 << 20,
                  inv_threshold: int = 4096, inv_topics: frozenset[str] = frozenset(),
                  fetch_timeout: float = 2.0):
         self.origin = origin
@@ -76,7 +83,8 @@ class Gossip:
         self.inv_topics = set(inv_topics)
         self.fetch_timeout = fetch_timeout
         self._seen: _Bounded = _Bounded(seen_size)       # msg_id -> set of peers known to have it
-        self._store: _Bounded = _Bounded(store_size)     # msg_id -> payload, for getdata
+        self._store: OrderedDict[bytes, dict] = OrderedDict()  # msg_id -> payload, for getdata
+        self._store_bytes, self.store_limit = 0, store_bytes
         self._wanted: dict[bytes, tuple[Any, float, list]] = {}  # id -> (asked peer, deadline, other announcers)
         self.stats = {"published": 0, "delivered": 0, "duplicates": 0, "rejected": 0,
                       "objects_sent": 0}
@@ -121,11 +129,11 @@ class Gossip:
         holders = self._seen[msg_id]
         targets = [p for p in self.peers if p != source and p not in holders]
         if self._is_inventory(payload):
-            self._store.put(msg_id, payload)
+            self._keep(msg_id, payload)
             for p in targets:
                 holders.add(p)  # announced: never announce or send to this peer again
             return [Send(p, "inv", {"ids": [msg_id]}) for p in targets]
-        out = dict(payload, h=payload["h"] + 1) if source is not None else payload
+        out = dict(payload, h=min(payload["h"] + 1, MAX_HOPS)) if source is not None else payload
         for p in targets:
             holders.add(p)
         self.stats["objects_sent"] += len(targets)
@@ -141,9 +149,16 @@ class Gossip:
             return self._on_getdata(peer, payload["ids"])
         raise RemoteProtocolError("unexpected_message", kind)
 
+    def _keep(self, msg_id: bytes, payload: dict) -> None:
+        """Store an inventory object for getdata, within a byte budget (oldest go first)."""
+        self._store[msg_id] = payload
+        self._store_bytes += len(payload["d"])
+        while self._store_bytes > self.store_limit and len(self._store) > 1:
+            _, old = self._store.popitem(last=False)
+            self._store_bytes -= len(old["d"])
+
     def _on_object(self, peer, payload: dict) -> list:
         msg_id, topic, data = payload["id"], payload["t"], payload["d"]
-        self._wanted.pop(msg_id, None)
         holders = self._seen.get(msg_id)
         if holders is not None:
             holders.add(peer)
@@ -151,14 +166,18 @@ class Gossip:
             return []
         if message_id(topic, data) != msg_id:
             raise RemoteProtocolError("bad_msg_id", msg_id.hex())
-        self._seen.put(msg_id, {peer})
+        self._wanted.pop(msg_id, None)
         validator = self.validators.get(topic)
         if validator is not None:
             try:
                 validator(data)
+            except Ignore:
+                return []
             except RemoteProtocolError as exc:
+                self._seen.put(msg_id, {peer})
                 self.stats["rejected"] += 1
                 return [Reject(peer, msg_id, topic, exc.reason)]
+        self._seen.put(msg_id, {peer})
         self.stats["delivered"] += 1
         deliver = Deliver(msg_id, topic, data, payload["h"] + 1, payload["o"], payload["ts"], peer)
         return [deliver, *self._relay(payload, source=peer)]
@@ -172,9 +191,10 @@ class Gossip:
                 continue
             asked = self._wanted.get(msg_id)
             if asked is None:
-                self._wanted[msg_id] = (peer, now + self.fetch_timeout, [])
-                want.append(msg_id)
-            elif asked[0] != peer:
+                if len(self._wanted) < MAX_WANTED:
+                    self._wanted[msg_id] = (peer, now + self.fetch_timeout, [])
+                    want.append(msg_id)
+            elif asked[0] != peer and peer not in asked[2]:
                 asked[2].append(peer)
         return [Send(peer, "getdata", {"ids": want})] if want else []
 
@@ -187,7 +207,7 @@ class Gossip:
                 if holders is not None:
                     holders.add(peer)
                 self.stats["objects_sent"] += 1
-                out.append(Send(peer, "gossip", dict(payload, h=payload["h"] + 1)))
+                out.append(Send(peer, "gossip", dict(payload, h=min(payload["h"] + 1, MAX_HOPS))))
         return out
 
     def tick(self, now: float) -> list[Send]:

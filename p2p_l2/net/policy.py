@@ -16,7 +16,9 @@ BAN_SCORE = 100
 
 @dataclass
 class Backoff:
-    """Capped exponential backoff with full jitter (AWS style): sleep U(0, min(cap, base*2^n))."""
+    """Capped exponential backoff with "equal jitter": sleep c/2 + U(0, c/2), c = min(cap, base*2^n).
+
+    Never a busy loop (at least c/2), and peers that failed together spread out."""
 
     base: float = 0.02
     cap: float = 1.0

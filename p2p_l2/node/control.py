@@ -141,13 +141,17 @@ class ControlClient:
         self._idle: list[tuple[trio.SocketStream, FrameDecoder]] = []
         self._next_id = 0
 
-    async def call(self, method: str, _timeout: float | None = None, **params):
+    async def call(self, method: str, /, **params):
         """Call `method`; returns its result or raises ControlError(code)."""
+        return await self.request(method, params)
+
+    async def request(self, method: str, params: dict, timeout: float | None = None):
+        """Like `call`, with the params as a dict and an optional deadline."""
         self._next_id += 1
         req = {"id": self._next_id, "token": self.token, "method": method, "params": params}
         conn = self._idle.pop() if self._idle else None
         try:
-            with trio.fail_after(_timeout or self.timeout):
+            with trio.fail_after(timeout or self.timeout):
                 if conn is None:
                     stream = await trio.open_tcp_stream(self.host, self.port)
                     conn = (stream, FrameDecoder(64 * 1024 * 1024))
@@ -162,7 +166,7 @@ class ControlClient:
                     frame = decoder.next_frame()
         except trio.TooSlowError:
             await self._discard(conn)
-            raise ControlError("timeout", f"{method}: no answer within {_timeout or self.timeout}s") from None
+            raise ControlError("timeout", f"{method}: no answer within {timeout or self.timeout}s") from None
         except OSError as exc:
             await self._discard(conn)
             raise ControlError("unavailable", f"{self.host}:{self.port}: {exc}") from None

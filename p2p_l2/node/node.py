@@ -25,11 +25,13 @@ from ..gossip import Deliver, Gossip, Reject, Send
 from ..log import EventLog
 from ..net.link import FATAL, PeerLink
 from ..net.policy import Backoff, Scoreboard
-from ..wire import FrameDecoder, Handshake, Identity, ReplayCache, codec, encode_frame
+from ..wire import MAX_FRAME_SIZE, FrameDecoder, Handshake, Identity, ReplayCache, codec, encode_frame
 from .control import ControlRegistry, ControlServer
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_FRAME = 4096  # largest frame before the peer is authenticated
+MAX_HANDSHAKES = 64  # unauthenticated connections at once
 TICK = 0.2  # idle housekeeping: flush the log tail, re-request timed-out gossip fetches
 
 
@@ -53,7 +55,9 @@ class Node:
         log.clock = self.wall
         order = {n: i for i, n in enumerate(config.node_names)}
         # Of each linked pair the node listed first dials; the other one listens.
+        self.neighbours = set(config.neighbours(name))  # the only peers we accept
         self.outbound = [p for p in config.neighbours(name) if order[p] > order[name]]
+        self._handshakes = 0
         self.links: dict[str, PeerLink] = {}
         self.scores = Scoreboard(ban_seconds=ban_seconds)
         self.replay_cache = ReplayCache()
@@ -149,8 +153,11 @@ class Node:
         hs = Handshake(self.identity, self.config.cluster.name, initiator, expect=expect,
                        is_known=self.names.__contains__, replay_cache=self.replay_cache,
                        version=PROTOCOL_VERSION)
-        decoder = FrameDecoder()
+        decoder = FrameDecoder(HANDSHAKE_FRAME)
+        self._handshakes += 1
         try:
+            if self._handshakes > MAX_HANDSHAKES:
+                raise RemoteProtocolError("too_many_handshakes", f"more than {MAX_HANDSHAKES} at once")
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.send_all(b"".join(encode_frame(b) for b in hs.start()))
                 while not hs.complete:
@@ -165,20 +172,23 @@ class Node:
                     if out:
                         await stream.send_all(b"".join(encode_frame(b) for b in out))
             name = self.names[hs.peer_pubkey]
+            if name not in self.neighbours:
+                raise RemoteProtocolError("not_a_neighbour", f"{name} is not linked to us")
             if self.scores.is_banned(name, trio.current_time()):
                 raise RemoteProtocolError("banned", name)
+            decoder.max_size = MAX_FRAME_SIZE
             return hs.session(), decoder, name, hs.peer_pubkey
         except RemoteProtocolError as exc:
-            peer = self.names.get(hs.peer_pubkey) if hs.peer_pubkey else None
             if exc.reason != "eof":
+                peer = self.names.get(hs.peer_pubkey) if hs.peer_pubkey else None
                 self.log.warning(ev.MSG_REJECTED, peer=peer, addr=addr, reason=exc.reason,
                                  detail=exc.detail, stage="handshake")
-            if peer is not None and exc.reason != "banned":
-                self._penalize(peer, exc.reason)
         except trio.TooSlowError:
             self.log.warning(ev.MSG_REJECTED, addr=addr, reason="handshake_timeout", stage="handshake")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        finally:
+            self._handshakes -= 1
         await trio.aclose_forcefully(stream)
         return None
 
@@ -273,7 +283,7 @@ class Node:
             elif type(action) is Reject:
                 self.log.warning(ev.MSG_REJECTED, peer=action.peer, reason=action.reason,
                                  msg_id=action.msg_id.hex(), topic=action.topic, kind="gossip")
-                self._penalize(action.peer, "invalid")
+                self._penalize(action.peer, action.reason)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -314,9 +324,11 @@ class Node:
         A load generator for gossip experiments and `p2p-l2 bench gossip`; each message is
         logged like a `gossip.publish` one.  Returns when all are published.
         """
-        if not (isinstance(count, int) and 0 < count <= 1_000_000 and isinstance(size, int)
-                and 16 <= size <= 1_000_000 and isinstance(rate, (int, float)) and rate >= 0):
-            raise ControlError("bad_params", "need 0 < count <= 1e6, 16 <= size <= 1e6, rate >= 0")
+        ints = all(type(v) is int for v in (count, size))
+        if not (ints and 0 < count <= 1_000_000 and 16 <= size <= 1_000_000
+                and type(rate) in (int, float) and (rate == 0 or 0.01 <= rate <= 1e6)):
+            raise ControlError("bad_params", "need 0 < count <= 1e6, 16 <= size <= 1e6, "
+                               "rate 0 (at once) or in [0.01, 1e6]")
         start, t0 = self.wall(), trio.current_time()
         pad = b"\0" * size
         for i in range(count):

@@ -1,0 +1,52 @@
+"""Native L1 contracts: named modules a `call` tx routes to, registered in `CONTRACTS`.
+
+Design: a contract is a stateless object whose `apply(state, tx, height)` reads and writes
+its storage under ("c", name, ...) and raises TxRejected on misuse; the ledger has already
+charged the sender `tx.amount + fee` and rolls every write back if `apply` raises.
+`locked(state)` is the coin it holds, so coins are conserved across contracts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ..state import State
+    from ..tx import Tx
+
+__all__ = ["CONTRACTS", "Contract", "register"]
+
+
+class Contract(ABC):
+    """One native contract.  `methods` lists what `apply` accepts, so the ledger and the
+    mempool can reject an unknown method before running anything."""
+
+    name: ClassVar[str]
+    methods: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def apply(self, state: State, tx: Tx, height: int) -> None:
+        """Carry out `tx` (kind "call", method in `methods`) at `height`; raise TxRejected."""
+
+    @abstractmethod
+    def locked(self, state: State) -> int:
+        """Coins the contract holds in `state` (paid in, not yet paid out)."""
+
+
+CONTRACTS: dict[str, Contract] = {}
+
+
+def register(contract: Contract) -> Contract:
+    """Make `contract` callable by name; a second contract with the same name is a bug."""
+    if not isinstance(contract, Contract):
+        raise TypeError(f"{contract!r} is not a Contract")
+    old = CONTRACTS.get(contract.name)
+    if old is not None and old is not contract:
+        raise ValueError(f"contract {contract.name!r} is already registered")
+    CONTRACTS[contract.name] = contract
+    return contract
+
+
+# Built-in contracts register themselves on import; later layers add theirs the same way.
+from . import escrow  # noqa: E402,F401
