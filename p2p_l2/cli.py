@@ -12,16 +12,9 @@ import trio
 from .errors import ConfigError, ControlError, P2PL2Error
 
 
-def _json_default(value):
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def print_json(value) -> None:
-    print(json.dumps(value, indent=2, default=_json_default))
+    from .log import jsonable
+    print(json.dumps(value, indent=2, default=jsonable))
 
 
 def _console():

@@ -9,7 +9,7 @@ from p2p_l2 import events as ev
 from p2p_l2.errors import ControlError, RemoteProtocolError
 from p2p_l2.net.link import PeerLink
 from p2p_l2.testing import make_config
-from p2p_l2.wire import FrameDecoder, Handshake, Identity, encode_frame
+from p2p_l2.wire import FrameDecoder, Handshake, Identity, encode_frame, session_pair
 
 
 async def test_gossip_floods_a_ring_once_per_node(autojump_clock, memory_cluster_factory):
@@ -172,15 +172,9 @@ async def test_out_of_range_gossip_fields_are_refused(autojump_clock, memory_clu
 
 async def test_silent_link_times_out(autojump_clock):
     a, b = trio.testing.memory_stream_pair()
-    ia, ib = Identity.derive(1, "a"), Identity.derive(1, "b")
-    ha, hb = Handshake(ia, "net", True), Handshake(ib, "net", False)
-    to_b, to_a = ha.start(), hb.start()
-    while to_a or to_b:
-        if to_b:
-            to_a += hb.receive(to_b.pop(0))
-        if to_a:
-            to_b += ha.receive(to_a.pop(0))
-    link = PeerLink(a, ha.session(), FrameDecoder(), name="b", pubkey=ib.pubkey, addr="mem",
+    ib = Identity.derive(1, "b")
+    session, _ = session_pair(Identity.derive(1, "a"), ib, "net")
+    link = PeerLink(a, session, FrameDecoder(), name="b", pubkey=ib.pubkey, addr="mem",
                     direction="out", since=0.0, on_message=lambda *a: None,
                     on_reject=lambda *a: None, ping_interval=1.0, ping_timeout=4.0)
     t0 = trio.current_time()

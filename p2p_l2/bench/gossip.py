@@ -25,21 +25,13 @@ from .. import gossip as _gossip  # noqa: F401 - registers the gossip wire kinds
 from ..cluster.process import Cluster
 from ..config import make_config
 from ..log import read_events
-from ..wire import Handshake, Identity, codec
+from ..wire import Identity, codec, session_pair
 from . import result
 
 
 def hop_capacity(seconds: float = 1.0) -> float:
     """encode+seal+open+decode of one ~150-byte gossip message, per second on one core."""
-    a = Handshake(Identity.derive(0, "a"), "bench", True)
-    b = Handshake(Identity.derive(0, "b"), "bench", False)
-    to_b, to_a = a.start(), b.start()
-    while to_a or to_b:
-        if to_b:
-            to_a += b.receive(to_b.pop(0))
-        if to_a:
-            to_b += a.receive(to_a.pop(0))
-    sa, sb = a.session(), b.session()
+    sa, sb = session_pair(Identity.derive(0, "a"), Identity.derive(0, "b"), "bench")
     payload = {"id": b"i" * 16, "t": "bench", "d": b"x" * 100, "h": 1, "o": "n0", "ts": 1.0}
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

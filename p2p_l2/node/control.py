@@ -16,6 +16,8 @@ import msgpack
 import trio
 
 from ..errors import ControlError, RemoteProtocolError
+from ..log import jsonable
+from ..net.frames import receive_frame
 from ..wire import FrameDecoder, encode_frame
 
 MAX_REQUEST = 1024 * 1024
@@ -85,14 +87,7 @@ class ControlServer:
         decoder = FrameDecoder(MAX_REQUEST)
         try:
             async with stream:
-                while True:
-                    frame = decoder.next_frame()
-                    if frame is None:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        decoder.feed(data)
-                        continue
+                while (frame := await receive_frame(stream, decoder)) is not None:
                     response = await self._respond(frame)
                     await stream.send_all(encode_frame(response))
         except RemoteProtocolError as exc:
@@ -121,16 +116,10 @@ class ControlServer:
                 self.registry.on_error(str(method), exc)
             out = {"id": req_id, **exc.to_wire()}
         try:
-            return msgpack.packb(out, use_bin_type=True, default=_jsonish)
+            return msgpack.packb(out, use_bin_type=True, default=jsonable)
         except Exception as exc:
             return msgpack.packb({"id": req_id, **ControlError(
                 "internal", f"result not serialisable: {exc}").to_wire()})
-
-
-def _jsonish(value):
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 class ControlClient:
@@ -157,13 +146,9 @@ class ControlClient:
                     conn = (stream, FrameDecoder(64 * 1024 * 1024))
                 stream, decoder = conn
                 await stream.send_all(encode_frame(msgpack.packb(req, use_bin_type=True)))
-                frame = decoder.next_frame()
-                while frame is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise ControlError("unavailable", f"{self.host}:{self.port} closed the connection")
-                    decoder.feed(data)
-                    frame = decoder.next_frame()
+                frame = await receive_frame(stream, decoder)
+                if frame is None:
+                    raise ControlError("unavailable", f"{self.host}:{self.port} closed the connection")
         except trio.TooSlowError:
             await self._discard(conn)
             raise ControlError("timeout", f"{method}: no answer within {timeout or self.timeout}s") from None

@@ -23,6 +23,7 @@ from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
 from ..gossip import Deliver, Gossip, Reject, Send
 from ..log import EventLog
+from ..net.frames import receive_frame
 from ..net.link import FATAL, PeerLink
 from ..net.policy import Backoff, Scoreboard
 from ..wire import MAX_FRAME_SIZE, FrameDecoder, Handshake, Identity, ReplayCache, codec, encode_frame
@@ -161,13 +162,9 @@ class Node:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.send_all(b"".join(encode_frame(b) for b in hs.start()))
                 while not hs.complete:
-                    frame = decoder.next_frame()
+                    frame = await receive_frame(stream, decoder)
                     if frame is None:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            raise RemoteProtocolError("eof", "closed during handshake")
-                        decoder.feed(data)
-                        continue
+                        raise RemoteProtocolError("eof", "closed during handshake")
                     out = hs.receive(frame)
                     if out:
                         await stream.send_all(b"".join(encode_frame(b) for b in out))

@@ -5,7 +5,7 @@ Everything here is sans-IO: bytes in, bytes out, no sockets, no clock (DESIGN §
 
 from p2p_l2.wire.codec import Bytes, Optional, decode, encode, fields, register, registered
 from p2p_l2.wire.framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
-from p2p_l2.wire.handshake import PROTOCOL_VERSION, Handshake, ReplayCache, Session
+from p2p_l2.wire.handshake import PROTOCOL_VERSION, Handshake, ReplayCache, Session, session_pair
 from p2p_l2.wire.identity import Identity, verify
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Optional",
     "ReplayCache",
     "Session",
+    "session_pair",
     "decode",
     "encode",
     "encode_frame",

@@ -250,3 +250,15 @@ class Session:
             raise RemoteProtocolError("decrypt_failed", f"frame #{n} does not open") from None
         self._rx_n = n + 1
         return body
+
+
+def session_pair(a: Identity, b: Identity, network: str) -> tuple[Session, Session]:
+    """Run a whole handshake between `a` (initiator) and `b` in memory; for tests and benches."""
+    ha, hb = Handshake(a, network, True), Handshake(b, network, False)
+    to_b, to_a = ha.start(), hb.start()
+    while to_a or to_b:
+        if to_b:
+            to_a += hb.receive(to_b.pop(0))
+        if to_a:
+            to_b += ha.receive(to_a.pop(0))
+    return ha.session(), hb.session()
