@@ -73,7 +73,7 @@ def test_fetch_retries_another_announcer_after_timeout():
 
 
 def test_rejected_messages_are_not_relayed():
-    def no_bad(data):
+    def no_bad(data, peer):
         if data == b"bad":
             raise RemoteProtocolError("invalid", "bad data")
 
@@ -112,7 +112,7 @@ def test_ignored_messages_are_forgotten_not_punished():
 
     ready = {"ok": False}
 
-    def later(data):
+    def later(data, peer):
         if not ready["ok"]:
             raise Ignore
 

@@ -39,7 +39,7 @@ async def test_large_objects_cross_each_link_once(autojump_clock, memory_cluster
 async def test_validation_hook_stops_relay(autojump_clock, memory_cluster_factory):
     cluster = await memory_cluster_factory(make_config(3, "line"))
 
-    def only_even(data: bytes):
+    def only_even(data: bytes, peer):
         if int(data) % 2:
             raise RemoteProtocolError("invalid", "odd number")
 

@@ -146,7 +146,7 @@ def test_oversize_prefix_raises_before_body():
 
 def test_default_max_and_huge_prefix():
     dec = FrameDecoder()
-    assert dec.max_size == MAX_FRAME_SIZE == 4 * 1024 * 1024
+    assert dec.max_size == MAX_FRAME_SIZE == 36 * 1024 * 1024
     dec.feed(b"\xff\xff\xff\xff")
     assert reason_of(dec.next_frame) == "frame_too_large"
 

@@ -83,6 +83,28 @@ class ClusterBase:
                     out.append(e)
         return out
 
+    async def partition(self, *groups: list[str]) -> list[tuple[str, str]]:
+        """Cut every topology link between different groups (a blackhole on both ends).
+
+        Nodes named in no group form one more group together.  Returns the links cut."""
+        where = {n: i for i, group in enumerate(groups) for n in group}
+        rest = len(groups)
+        cut = [(a, b) for a, b in self.config.links if where.get(a, rest) != where.get(b, rest)]
+        for a, b in cut:
+            for me, peer in ((a, b), (b, a)):
+                if self.alive(me):
+                    await self[me].call("fault.link", peer=peer, blackhole=True)
+        return cut
+
+    async def heal(self) -> None:
+        """Lift every link fault on every running node."""
+        for name in self.names:
+            if self.alive(name):
+                await self[name].call("fault.clear")
+
+    def alive(self, name: str) -> bool:
+        raise NotImplementedError  # pragma: no cover - abstract
+
     async def linked(self) -> bool:
         """True when every node is connected to every topology neighbour."""
         for name in self.names:

@@ -61,6 +61,9 @@ class MemoryCluster(ClusterBase):
     def events(self, node: str) -> list[dict]:
         return self.logs[node]
 
+    def alive(self, name: str) -> bool:
+        return name in self.nodes
+
     def make_node(self, name: str) -> Node:
         log = EventLog(name)
         log.listeners.append(self.logs[name].append)

@@ -19,7 +19,9 @@ from ..errors import RemoteProtocolError
 
 ID_SIZE = 16
 
-Validator = Callable[[bytes], None]  # raises RemoteProtocolError(reason) to reject, Ignore to pass
+# validator(data, peer) -> None; peer is None for our own messages.  Raises
+# RemoteProtocolError(reason) to reject, Ignore to pass over without judging.
+Validator = Callable[[bytes, Any], None]
 MAX_HOPS = 255
 MAX_WANTED = 10_000  # objects being fetched at once; more announcements wait for a re-announce
 
@@ -113,7 +115,7 @@ class Gossip:
             return msg_id, []
         validator = self.validators.get(topic)
         if validator is not None:
-            validator(data)
+            validator(data, None)
         payload = {"id": msg_id, "t": topic, "d": data, "h": 0, "o": self.origin, "ts": now}
         self.stats["published"] += 1
         actions: list = [Deliver(msg_id, topic, data, 0, self.origin, now, None)]
@@ -170,7 +172,7 @@ class Gossip:
         validator = self.validators.get(topic)
         if validator is not None:
             try:
-                validator(data)
+                validator(data, peer)
             except Ignore:
                 return []
             except RemoteProtocolError as exc:

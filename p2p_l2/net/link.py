@@ -30,10 +30,12 @@ class PeerLink:
                  name: str, pubkey: bytes, addr: str, direction: str, since: float,
                  on_message: Callable[["PeerLink", str, object], None],
                  on_reject: Callable[["PeerLink", RemoteProtocolError], None],
-                 ping_interval: float = 5.0, ping_timeout: float = 20.0):
+                 ping_interval: float = 5.0, ping_timeout: float = 20.0,
+                 muted: Callable[[], bool] = lambda: False):
         self.stream, self.session, self.decoder = stream, session, decoder
         self.name, self.pubkey, self.addr, self.direction, self.since = name, pubkey, addr, direction, since
         self.on_message, self.on_reject = on_message, on_reject
+        self.muted = muted  # a blackhole fault: keepalive answers stop too
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self._send, self._recv = trio.open_memory_channel[bytes](QUEUE_LIMIT)
         self._last_rx = trio.current_time()
@@ -108,7 +110,8 @@ class PeerLink:
                 self.on_reject(self, exc)
                 continue
             if kind == "ping":
-                self.send("pong", payload)
+                if not self.muted():
+                    self.send("pong", payload)
             elif kind == "pong":
                 pass
             elif kind == "bye":
@@ -138,7 +141,8 @@ class PeerLink:
                 self.close("ping_timeout")
                 return
             self._ping_n += 1
-            self.send("ping", {"n": self._ping_n})
+            if not self.muted():
+                self.send("ping", {"n": self._ping_n})
 
     async def _guard(self, fn) -> None:
         try:

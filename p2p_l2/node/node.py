@@ -19,8 +19,10 @@ from pathlib import Path
 import trio
 
 from .. import events as ev
+from ..chain.service import ChainService
 from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
+from ..faults.links import LinkFaults
 from ..gossip import Deliver, Gossip, Reject, Send
 from ..log import EventLog
 from ..net.frames import receive_frame
@@ -69,6 +71,7 @@ class Node:
             kind: self._gossip_handler(kind) for kind in ("gossip", "inv", "getdata")}
         self.services: list[Callable] = []
         self.status_hooks: list[Callable[[], dict]] = []
+        self.on_connect: list[Callable[[str], None]] = []  # called with the peer's name
         self.control = ControlRegistry(on_error=self._control_failed)
         self.control_server = (ControlServer(self.control, token, control_port,
                                              on_reject=self._control_rejected)
@@ -76,9 +79,12 @@ class Node:
         self._links_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
+        self.faults = LinkFaults()
+        self.chain = ChainService(self)  # every node validates layer 1
         for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
-                           "gossip.stats": self.gossip_stats}.items():
+                           "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
+                           "fault.clear": self.fault_clear}.items():
             self.control.register(method, fn)
 
     # -- time --------------------------------------------------------------------------
@@ -128,7 +134,7 @@ class Node:
     async def _dial_loop(self, peer: str) -> None:
         backoff = Backoff(rng=self.rng)
         while True:
-            while peer in self.links:
+            while peer in self.links or self.faults.blackholed(peer):
                 await self.wait_links_changed()
             now = trio.current_time()
             if self.scores.is_banned(peer, now):
@@ -171,6 +177,8 @@ class Node:
             name = self.names[hs.peer_pubkey]
             if name not in self.neighbours:
                 raise RemoteProtocolError("not_a_neighbour", f"{name} is not linked to us")
+            if self.faults.blackholed(name):
+                raise RemoteProtocolError("blackholed", f"a fault cuts us off from {name}")
             if self.scores.is_banned(name, trio.current_time()):
                 raise RemoteProtocolError("banned", name)
             decoder.max_size = MAX_FRAME_SIZE
@@ -197,11 +205,14 @@ class Node:
         link = PeerLink(stream, session, decoder, name=name, pubkey=pubkey, addr=addr,
                         direction=direction, since=self.wall(), on_message=self._on_message,
                         on_reject=self._on_reject, ping_interval=self.ping_interval,
-                        ping_timeout=4 * self.ping_interval)
+                        ping_timeout=4 * self.ping_interval,
+                        muted=lambda: self.faults.blackholed(name))
         self.links[name] = link
         self.gossip.add_peer(name)
         self.log.info(ev.PEER_CONNECTED, peer=name, direction=direction, addr=addr)
         self._notify_links()
+        for callback in self.on_connect:
+            callback(name)
         reason = await link.run()
         if self.links.get(name) is link:
             del self.links[name]
@@ -219,12 +230,14 @@ class Node:
     # -- messages ----------------------------------------------------------------------
     def send(self, peer: str, kind: str, payload) -> bool:
         link = self.links.get(peer)
-        if link is None:
+        if link is None or self.faults.blackholed(peer):
             return False
         link.send(kind, payload)
         return True
 
     def _on_message(self, link: PeerLink, kind: str, payload) -> None:
+        if self.faults.blackholed(link.name):
+            return
         handler = self.handlers.get(kind)
         try:
             if handler is None:
@@ -265,7 +278,7 @@ class Node:
         for action in actions:
             if type(action) is Send:
                 link = self.links.get(action.peer)
-                if link is None:
+                if link is None or self.faults.blackholed(action.peer):
                     continue
                 if action.payload is not last_payload:
                     last_payload, last_body = action.payload, codec.encode(action.kind, action.payload)
@@ -292,7 +305,7 @@ class Node:
     # -- control methods ---------------------------------------------------------------
     def status(self) -> dict:
         out = {"name": self.name, "pubkey": self.identity.pubkey_hex, "roles": list(self.spec.roles),
-               "height": None, "tip": None, "peers": sorted(self.links)}
+               "peers": sorted(self.links)}
         for hook in self.status_hooks:
             out.update(hook())
         return out
@@ -341,6 +354,25 @@ class Node:
     def gossip_stats(self) -> dict:
         """Gossip counters and per-link traffic counters."""
         return {**self.gossip.stats, "links": {n: dict(link.stats) for n, link in self.links.items()}}
+
+    def fault_link(self, peer: str, blackhole: bool = False) -> dict:
+        """Apply a fault to our side of the link to `peer` (SPEC §5; more kinds to come)."""
+        if peer not in self.neighbours:
+            raise ControlError("unknown_peer", f"{peer!r} is not linked to {self.name}")
+        if type(blackhole) is not bool:
+            raise ControlError("bad_params", "blackhole must be true or false")
+        fault = self.faults.set(peer, blackhole=blackhole)
+        self.log.info(ev.FAULT_APPLIED, action="link", peer=peer, params=fault.to_dict())
+        self._notify_links()
+        return {"peer": peer, **fault.to_dict()}
+
+    def fault_clear(self, peer: str | None = None) -> dict:
+        """Lift the link faults on `peer`, or on every link."""
+        cleared = self.faults.clear(peer)
+        for p in cleared:
+            self.log.info(ev.FAULT_CLEARED, action="link", peer=p)
+        self._notify_links()
+        return {"cleared": cleared}
 
     async def shutdown(self) -> dict:
         if self._nursery is not None:

@@ -15,7 +15,7 @@ from p2p_l2.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["MAX_FRAME_SIZE", "FrameDecoder", "encode_frame"]
 
-MAX_FRAME_SIZE = 4 * 1024 * 1024
+MAX_FRAME_SIZE = 36 * 1024 * 1024  # a full block (32 MiB) plus its gossip envelope
 _HEADER = 4
 _PREFIX_LIMIT = 0xFFFFFFFF
 _pack_len = struct.Struct(">I").pack

@@ -1,0 +1,279 @@
+"""Layer 1 on a node: the trio edge around the sans-IO BlockTree, Mempool and miner schedule.
+
+Transactions flood on gossip topic `tx`; blocks go by inventory on topic `block`.  Both are
+judged by the topic validator before anything is relayed.  A block whose parent is unknown
+is passed over (gossip `Ignore`) and triggers a catch-up from the peer that sent it:
+`getblocks` with our block locator, answered by `blocks` batches; the new tip is then
+announced on gossip.  Peers also sync on every (re)connection, so a node that was
+partitioned or restarted catches up by itself.
+"""
+
+from __future__ import annotations
+
+
+import msgpack
+import trio
+
+from .. import events as ev
+from ..errors import ControlError, RemoteProtocolError
+from ..gossip import Ignore
+from ..wire import codec
+from ..wire.codec import Bytes, fields
+from .block import Block, make_block
+from .mempool import Mempool
+from .store import ChainStore
+from .tree import AddResult, BlockTree
+from .tx import Tx, TxRejected, transfer
+
+TOPIC_TX = "tx"
+TOPIC_BLOCK = "block"
+SYNC_BYTES = 4 << 20  # a `blocks` reply carries about this much
+SYNC_EVERY = 10.0  # seconds between background catch-up polls of one random peer
+MAX_LOCATOR = 64
+
+codec.register("getblocks", fields(loc=[Bytes(32)]))
+codec.register("blocks", fields(b=[object]))
+
+
+def _unpack(data: bytes, what: str):
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # any malformed msgpack
+        raise RemoteProtocolError(f"bad_{what}", f"not msgpack: {type(exc).__name__}") from None
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+class ChainService:
+    def __init__(self, node):
+        self.node = node
+        cfg = node.config
+        self.params = cfg.chain
+        self.net = cfg.cluster.name
+        accounts = {node.pubkeys[name]: amount for name, amount in cfg.accounts.items()}
+        self.miners = cfg.nodes_with_role("miner")
+        store = None
+        if node.data_dir is not None:
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            store = ChainStore(node.data_dir / "chain.sqlite")
+        self.tree = BlockTree(self.net, accounts, {node.pubkeys[m] for m in self.miners},
+                              max_block_txs=self.params.max_block_txs,
+                              block_reward=self.params.block_reward, store=store)
+        self.mempool = Mempool(net=self.net)
+        node.gossip.add_validator(TOPIC_TX, self._on_tx)
+        node.gossip.add_validator(TOPIC_BLOCK, self._on_block, inventory=True)
+        node.handlers["getblocks"] = self._on_getblocks
+        node.handlers["blocks"] = self._on_blocks
+        node.on_connect.append(self.request_sync)
+        node.status_hooks.append(lambda: {"height": self.tree.height, "tip": self.tree.tip.hash.hex()})
+        node.services.append(self.run)
+        for method, fn in {"chain.balance": self.balance, "chain.send": self.send,
+                           "chain.submit": self.submit, "chain.tx": self.tx_status,
+                           "chain.tip": self.tip, "chain.block": self.block,
+                           "mempool": self.mempool_info}.items():
+            node.control.register(method, fn)
+
+    # -- background --------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.node.name in self.miners:
+                nursery.start_soon(self._mine_loop)
+            nursery.start_soon(self._maintenance)
+            task_status.started()
+
+    async def _mine_loop(self) -> None:
+        """Simulated proof of work: exponential waits with mean interval / hashrate share."""
+        cfg = self.node.config
+        total = sum(cfg.node(m).hashrate for m in self.miners)
+        mean = self.params.block_interval * total / self.node.spec.hashrate
+        while True:
+            await trio.sleep(self.node.rng.expovariate(1.0 / mean))
+            self.mine_block()
+
+    async def _maintenance(self) -> None:
+        while True:
+            await trio.sleep(SYNC_EVERY)
+            self.mempool.expire(self.node.wall())
+            if self.node.links:
+                self.request_sync(self.node.rng.choice(sorted(self.node.links)))
+
+    def mine_block(self) -> Block:
+        tip = self.tree.tip
+        txs = self.mempool.select(self.tree.state, self.params.max_block_txs)
+        block = make_block(self.node.identity, tip, txs, time=max(self.node.wall(), tip.time))
+        result = self.tree.add(block, self.node.wall())
+        self.node.log.info(ev.BLOCK_MINED, block=block.hash.hex(), height=block.height,
+                           txs=len(txs), prev=tip.hash.hex())
+        self._after_add(result, None)
+        self.node.publish(TOPIC_BLOCK, pack(block.to_wire()))
+        return block
+
+    # -- gossip validators ---------------------------------------------------------------
+    def _on_tx(self, data: bytes, peer) -> None:
+        if peer is None:
+            return  # our own, admitted before it was published
+        tx = Tx.from_wire(_unpack(data, "tx"))
+        if tx.txid in self.mempool:
+            return  # ours, being published; or re-flooded after the seen-cache forgot it
+        self._admit(tx)
+
+    def _admit(self, tx: Tx) -> None:
+        try:
+            self.mempool.add(tx, self.tree.state, self.node.wall())
+        except TxRejected as exc:
+            raise RemoteProtocolError(exc.reason, exc.detail) from None
+        self.node.log.info(ev.TX_ACCEPTED, txid=tx.txid.hex(), sender=self._name(tx.sender),
+                           nonce=tx.nonce, fee=tx.fee)
+
+    def _on_block(self, data: bytes, peer) -> None:
+        if peer is None:
+            return  # our own, added to the tree before it was published
+        block = Block.from_wire(_unpack(data, "block"), self.params.max_block_txs)
+        result = self.tree.add(block, self.node.wall())
+        if result.status == "orphan":
+            if peer is not None:
+                self.request_sync(peer)
+            raise Ignore  # judged once its parent is here; relayed then
+        if result.status == "invalid":
+            raise RemoteProtocolError(result.reason.split(":")[0], result.reason)
+        self._after_add(result, peer)
+
+    def _after_add(self, result: AddResult, peer) -> None:
+        log = self.node.log
+        if result.disconnected:
+            log.info(ev.CHAIN_REORG, depth=result.reorg_depth,
+                     old_tip=result.disconnected[0].hash.hex(),
+                     new_tip=self.tree.tip.hash.hex(), height=self.tree.height)
+        for block in result.connected:
+            log.info(ev.BLOCK_ACCEPTED, block=block.hash.hex(), height=block.height,
+                     miner=self._name(block.header.miner), txs=len(block.txs), peer=peer,
+                     time=block.header.time)
+        if result.connected or result.disconnected:
+            state, now = self.tree.state, self.node.wall()
+            for block in result.disconnected:
+                self.mempool.readd(block.txs, state, now)
+            for block in result.connected:
+                self.mempool.remove_included(block.txs)
+            self.mempool.revalidate(state)
+
+    # -- catch-up ------------------------------------------------------------------------
+    def request_sync(self, peer: str) -> None:
+        self.node.send(peer, "getblocks", {"loc": self.tree.locator()[:MAX_LOCATOR]})
+
+    def _on_getblocks(self, peer: str, payload: dict) -> None:
+        if len(payload["loc"]) > MAX_LOCATOR:
+            raise RemoteProtocolError("bad_payload", f"locator longer than {MAX_LOCATOR}")
+        out, size = [], 0
+        for block in self.tree.blocks_after(payload["loc"], 500):
+            wire = block.to_wire()
+            out.append(wire)
+            size += block.size
+            if size >= SYNC_BYTES:
+                break
+        if out:
+            self.node.send(peer, "blocks", {"b": out})
+
+    def _on_blocks(self, peer: str, payload: dict) -> None:
+        connected = False
+        for wire in payload["b"]:
+            block = Block.from_wire(wire, self.params.max_block_txs)
+            result = self.tree.add(block, self.node.wall())
+            if result.status == "invalid":
+                raise RemoteProtocolError(result.reason.split(":")[0], result.reason)
+            self._after_add(result, peer)
+            connected = connected or bool(result.connected)
+        if connected:  # more may follow; and tell our other peers about the new tip
+            self.request_sync(peer)
+            tip = self.tree.block_at(self.tree.height)
+            self.node.publish(TOPIC_BLOCK, pack(tip.to_wire()))
+
+    # -- control methods -----------------------------------------------------------------
+    def _name(self, pubkey: bytes) -> str:
+        return self.node.names.get(pubkey) or pubkey.hex()
+
+    def _account(self, who) -> bytes:
+        if who is None:
+            return self.node.identity.pubkey
+        if isinstance(who, str) and who in self.node.pubkeys:
+            return self.node.pubkeys[who]
+        try:
+            key = bytes.fromhex(who) if isinstance(who, str) else who
+        except ValueError:
+            key = None
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ControlError("bad_params", f"{who!r} is neither a node name nor a hex public key")
+        return key
+
+    def balance(self, account=None) -> dict:
+        key = self._account(account)
+        state = self.tree.state
+        return {"balance": state.balance(key), "nonce": state.nonce(key)}
+
+    def send(self, to, amount: int, fee: int = 1) -> dict:
+        if type(amount) is not int or amount <= 0 or type(fee) is not int or fee < 0:
+            raise ControlError("bad_params", "amount must be a positive integer, fee >= 0")
+        me = self.node.identity
+        nonce = self.mempool.next_nonce(self.tree.state, me.pubkey)
+        tx = transfer(me, self.net, self._account(to), amount, nonce, fee)
+        return {"txid": self._submit_one(tx)}
+
+    def _submit_one(self, tx: Tx) -> str:
+        try:
+            self._admit(tx)
+        except RemoteProtocolError as exc:
+            raise ControlError(exc.reason, exc.detail) from None
+        self.node.publish(TOPIC_TX, tx.encode())
+        return tx.txid.hex()
+
+    def submit(self, txs: list) -> dict:
+        """Admit signed txs (wire maps, as `Tx.to_wire`) built elsewhere; e.g. by a workload."""
+        if not isinstance(txs, list):
+            raise ControlError("bad_params", "txs must be a list of transactions")
+        accepted, rejected = [], {}
+        for wire in txs:
+            try:
+                accepted.append(self._submit_one(Tx.from_wire(wire)))
+            except RemoteProtocolError as exc:
+                rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+            except ControlError as exc:
+                rejected[exc.code] = rejected.get(exc.code, 0) + 1
+        return {"accepted": len(accepted), "rejected": rejected, "txids": accepted}
+
+    def tx_status(self, txid: str) -> dict:
+        try:
+            key = bytes.fromhex(txid)
+        except (ValueError, TypeError):
+            raise ControlError("bad_params", "txid must be hex") from None
+        height = self.tree.tx_height(key)
+        if height is not None:
+            return {"status": "confirmed", "height": height,
+                    "confirmations": self.tree.height - height + 1}
+        if key in self.mempool:
+            return {"status": "pending"}
+        return {"status": "unknown"}
+
+    def tip(self) -> dict:
+        return {"height": self.tree.height, "hash": self.tree.tip.hash.hex()}
+
+    def block(self, height: int) -> dict:
+        if type(height) is not int:
+            raise ControlError("bad_params", "height must be an integer")
+        block = self.tree.block_at(height)
+        if block is None:
+            raise ControlError("unknown_block", f"no block at height {height} (tip {self.tree.height})")
+        h = block.header
+        return {"height": h.height, "hash": block.hash.hex(), "prev": h.prev.hex(),
+                "miner": self._name(h.miner), "txids": [tx.txid.hex() for tx in block.txs],
+                "time": h.time}
+
+    def mempool_info(self) -> dict:
+        return {"size": len(self.mempool), "txids": [t.hex() for t in self.mempool.txids()]}
+
+
+def attach(node) -> ChainService:
+    return ChainService(node)
+
+
+__all__ = ["ChainService", "attach", "TOPIC_TX", "TOPIC_BLOCK"]
