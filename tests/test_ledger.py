@@ -21,7 +21,7 @@ from p2p_l2.chain.ledger import (
     total_locked,
 )
 from p2p_l2.chain.state import State
-from p2p_l2.chain.tx import MAX_TX_SIZE, SIG_CACHE, SigCache, Tx, call, transfer
+from p2p_l2.chain.tx import MAX_TX_SIZE, SigCache, Tx, call, transfer
 from p2p_l2.errors import P2PL2Error, RemoteProtocolError
 from p2p_l2.wire.identity import Identity
 
@@ -51,7 +51,8 @@ def rejected(state: State, tx: Tx, reason: str, height: int = 1, **kw) -> TxReje
 
 
 def lock(sender: Identity, to: Identity, amount: int, unlock: int, nonce: int) -> Tx:
-    return call(sender, NET, "escrow", "lock", {"to": to.pubkey, "unlock_height": unlock}, nonce, amount=amount)
+    args = {"to": to.pubkey, "unlock_height": unlock}
+    return call(sender, NET, "escrow", "lock", args, nonce, amount=amount)
 
 
 def escrow_call(sender: Identity, method: str, escrow_id: bytes, nonce: int, **kw) -> Tx:
@@ -76,9 +77,10 @@ def test_txid_covers_every_field_but_the_signature():
 
 def test_signature_checks_and_cache(monkeypatch):
     tx = transfer(A, NET, B.pubkey, 5, 0)
-    forged = Tx(NET, "transfer", A.pubkey, 0, 1, to=B.pubkey, amount=5, sig=B.sign(txmod.SIG_DOMAIN + tx.txid))
+    body = dict(net=NET, kind="transfer", sender=A.pubkey, nonce=0, fee=1, to=B.pubkey, amount=5)
+    forged = Tx(**body, sig=B.sign(txmod.SIG_DOMAIN + tx.txid))
     assert not forged.verify()
-    flipped = Tx(NET, "transfer", A.pubkey, 0, 1, to=B.pubkey, amount=5, sig=bytes([tx.sig[0] ^ 1]) + tx.sig[1:])
+    flipped = Tx(**body, sig=bytes([tx.sig[0] ^ 1]) + tx.sig[1:])
     assert not flipped.verify()
     with pytest.raises(ValueError):
         Tx(NET, "transfer", A.pubkey, 0, 1, to=B.pubkey, amount=5).signed(B)
@@ -86,6 +88,7 @@ def test_signature_checks_and_cache(monkeypatch):
     calls = []
     real = txmod._verify
     monkeypatch.setattr(txmod, "_verify", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(txmod, "SIG_CACHE", SigCache())
     fresh = transfer(A, NET, B.pubkey, 6, 0)
     assert fresh.verify() and fresh.verify()
     again = Tx.from_wire(msgpack.unpackb(fresh.encode()))  # a new object, same (txid, sig)
@@ -209,8 +212,10 @@ def test_rejection_reasons(state):
     apply(state, transfer(A, NET, B.pubkey, 997, 1, fee=1))  # exactly the balance
     rejected(state, transfer(C, NET, B.pubkey, 1, 0, fee=0), "insufficient_funds")
     rejected(state, transfer(B, NET, A.pubkey, 0, 0), "bad_amount")
-    rejected(state, Tx(NET, "transfer", B.pubkey, 0, 1, to=A.pubkey, amount=-5).signed(B), "bad_amount")
-    rejected(state, Tx(NET, "transfer", B.pubkey, 0, -1, to=A.pubkey, amount=5).signed(B), "bad_amount")
+    negative = Tx(NET, "transfer", B.pubkey, 0, 1, to=A.pubkey, amount=-5).signed(B)
+    rejected(state, negative, "bad_amount")
+    free = Tx(NET, "transfer", B.pubkey, 0, -1, to=A.pubkey, amount=5).signed(B)
+    rejected(state, free, "bad_amount")
     rejected(state, Tx(NET, "transfer", B.pubkey, 0, 1, amount=5).signed(B), "malformed")
     rejected(state, Tx(NET, "mint", B.pubkey, 0, 1, amount=5).signed(B), "malformed")
     rejected(state, call(B, NET, "nope", "x", None, 0), "unknown_contract")
@@ -259,7 +264,7 @@ def test_failed_call_is_atomic(monkeypatch, state, in_journal):
     apply(state, transfer(A, NET, C.pubkey, 1, nonce))  # the account still works
     if in_journal:
         undo = state.commit()
-        touched = {("bal", A.pubkey), ("nonce", A.pubkey), ("bal", B.pubkey), ("bal", C.pubkey), ("bal", M.pubkey)}
+        touched = {("nonce", A.pubkey)} | {("bal", u.pubkey) for u in (A, B, C, M)}
         assert State.touched(undo) == touched
         state.undo(undo)
         assert state.kv == genesis_state(GENESIS).kv
@@ -313,7 +318,8 @@ def test_escrow_claim_after_unlock(state):
 def test_escrow_refund_after_claim_window(state):
     t = lock(A, B, 100, unlock=10, nonce=0)
     apply(state, t, height=1)
-    rejected(state, escrow_call(A, "refund", t.txid, 1), "contract_error", height=10 + CLAIM_WINDOW - 1)
+    early = 10 + CLAIM_WINDOW - 1
+    rejected(state, escrow_call(A, "refund", t.txid, 1), "contract_error", height=early)
     rejected(state, escrow_call(B, "refund", t.txid, 0), "contract_error", height=10 + CLAIM_WINDOW)
     apply(state, escrow_call(A, "refund", t.txid, 1), height=10 + CLAIM_WINDOW)
     assert state.balance(A.pubkey) == 1000 - 2 and total_locked(state) == 0 and conserved(state)
@@ -341,9 +347,8 @@ def test_escrow_settle_misuse(state, method):
     t = lock(A, B, 100, unlock=0, nonce=0)
     apply(state, t)
     h = CLAIM_WINDOW
-    rejected(state, call(A, NET, "escrow", method, None, 1), "contract_error", height=h)
-    rejected(state, call(A, NET, "escrow", method, {"id": t.txid, "x": 1}, 1), "contract_error", height=h)
-    rejected(state, call(A, NET, "escrow", method, {"id": t.txid[:8]}, 1), "contract_error", height=h)
+    for args in (None, {"id": t.txid, "x": 1}, {"id": t.txid[:8]}, {"ids": t.txid}):
+        rejected(state, call(A, NET, "escrow", method, args, 1), "contract_error", height=h)
     rejected(state, escrow_call(A, method, t.txid, 1, amount=1), "contract_error", height=h)
     assert total_locked(state) == 100
 
@@ -382,16 +387,29 @@ class LedgerHistory(RuleBasedStateMachine):
             self.burned += tx.fee
         return True
 
-    @rule(s=person, r=person, amount=st.integers(0, 600), fee=st.integers(0, 5), off=st.sampled_from([0, 0, 0, 1, -1]))
+    @rule(
+        s=person,
+        r=person,
+        amount=st.integers(0, 600),
+        fee=st.integers(0, 5),
+        off=st.sampled_from([0, 0, 0, 1, -1]),
+    )
     def transfer(self, s, r, amount, fee, off):
         nonce = max(0, self.state.nonce(PEOPLE[s].pubkey) + off)
         self.run(transfer(PEOPLE[s], NET, PEOPLE[r].pubkey, amount, nonce, fee=fee), "transfer")
 
-    @rule(s=person, r=person, amount=st.integers(0, 300), unlock=st.integers(0, 8), fee=st.integers(0, 2))
+    @rule(
+        s=person,
+        r=person,
+        amount=st.integers(0, 300),
+        unlock=st.integers(0, 8),
+        fee=st.integers(0, 2),
+    )
     def lock(self, s, r, amount, unlock, fee):
         sender = PEOPLE[s]
         args = {"to": PEOPLE[r].pubkey, "unlock_height": self.height + unlock}
-        tx = call(sender, NET, "escrow", "lock", args, self.state.nonce(sender.pubkey), fee=fee, amount=amount)
+        nonce = self.state.nonce(sender.pubkey)
+        tx = call(sender, NET, "escrow", "lock", args, nonce, fee=fee, amount=amount)
         self.run(tx, "lock")
 
     @rule(

@@ -7,12 +7,13 @@ import time
 import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from p2p_l2.chain.ledger import TxRejected, apply_tx, genesis_state
 from p2p_l2.chain.mempool import MAX_PENDING_PER_SENDER, Mempool
 from p2p_l2.chain.state import State
-from p2p_l2.chain.tx import SIG_CACHE, Tx, call, transfer
+from p2p_l2.chain import tx as txmod
+from p2p_l2.chain.tx import SigCache, Tx, call, transfer
 from p2p_l2.wire.identity import Identity
 
 NET = "testnet"
@@ -39,12 +40,13 @@ def rejects(pool: Mempool, tx: Tx, state: State, reason: str, now: float = 0.0) 
     assert pool.txids() == before
 
 
-def check_pool(pool: Mempool, state: State | None = None) -> None:
+def check_pool(pool: Mempool, state: State | None = None, height: int = 1) -> None:
     """Internal consistency of the indexes, and (given a state) that `select` applies."""
     live = list(pool._by_id.values())
     assert len(pool) == len(live) == sum(len(p) for p in pool._senders.values())
     for sender, pending in pool._senders.items():
-        assert pending and all(e.tx.sender == sender and e.tx.nonce == n for n, e in pending.items())
+        assert pending
+        assert all(e.tx.sender == sender and e.tx.nonce == n for n, e in pending.items())
         assert pool._cost[sender] == sum(e.tx.amount + e.tx.fee for e in pending.values())
     assert set(pool._cost) == set(pool._senders)
     assert all(e.live for e in live)
@@ -52,10 +54,12 @@ def check_pool(pool: Mempool, state: State | None = None) -> None:
     tails = {id(p[max(p)]) for p in pool._senders.values()}
     assert tails <= {id(e) for _, e in pool._tails if e.live}
     if state is not None:
-        chosen = pool.select(state, len(pool) + 1)
+        before = dict(state.kv)
+        chosen = pool.select(state, len(pool) + 1, height)
+        assert state.kv == before  # the dry run left no trace
         scratch = State(dict(state.kv))
         for tx in chosen:
-            apply_tx(scratch, tx, 1, M.pubkey, net=NET)
+            apply_tx(scratch, tx, height, M.pubkey, net=NET)
 
 
 # ------------------------------------------------------------------ admission
@@ -67,7 +71,8 @@ def test_rejection_reasons(state):
     assert pool.add(t0, state, 0.0) == []
     rejects(pool, t0, state, "duplicate")
     rejects(pool, transfer(A, "other", SINK, 1, 1), state, "wrong_network")
-    rejects(pool, Tx(NET, "transfer", A.pubkey, 1, 1, to=SINK, amount=1, sig=b"\0" * 64), state, "bad_signature")
+    unsigned = Tx(NET, "transfer", A.pubkey, 1, 1, to=SINK, amount=1, sig=b"\0" * 64)
+    rejects(pool, unsigned, state, "bad_signature")
     rejects(pool, pay(A, 1, fee=0), state, "fee_too_low")
     rejects(pool, transfer(A, NET, SINK, 0, 1), state, "bad_amount")
     rejects(pool, call(A, NET, "nope", "m", None, 1), state, "unknown_contract")
@@ -100,7 +105,8 @@ def test_replace_by_fee(state):
 
 def test_select_orders_by_fee_with_nonce_order_per_sender(state):
     pool = Mempool(net=NET)
-    a0, a1, b0, c0, c1 = pay(A, 0, fee=1), pay(A, 1, fee=10), pay(B, 0, fee=5), pay(C, 0, fee=5), pay(C, 1, fee=5)
+    a0, a1, b0 = pay(A, 0, fee=1), pay(A, 1, fee=10), pay(B, 0, fee=5)
+    c0, c1 = pay(C, 0, fee=5), pay(C, 1, fee=5)
     for tx in (a1, a0, b0, c0, c1):
         pool.add(tx, state, 0.0)
     # a1 pays most but needs a0 first; b0 and c0 tie on fee: first seen first.
@@ -112,7 +118,8 @@ def test_select_orders_by_fee_with_nonce_order_per_sender(state):
 
 def test_select_only_takes_executable_txs(state):
     pool = Mempool(net=NET)
-    a0, a2, b0, b1 = pay(A, 0), pay(A, 2, fee=9), pay(B, 0, amount=600), pay(B, 1, fee=9, amount=300)
+    a0, a2 = pay(A, 0), pay(A, 2, fee=9)
+    b0, b1 = pay(B, 0, amount=600), pay(B, 1, fee=9, amount=300)
     for tx in (a0, a2, b0, b1):
         pool.add(tx, state, 0.0)
     assert pool.select(state, 10) == [a0, b0, b1]  # a2 waits for nonce 1, b1 for b0
@@ -139,6 +146,24 @@ def test_queries_next_nonce_and_discard(state):
     assert pool.discard(txs[1].txid) == [] and pool.txids() == [txs[0].txid]
     assert pool.statistics()["size"] == 1
     check_pool(pool, state)
+
+
+def test_select_dry_runs_contract_calls_at_the_given_height(state):
+    pool = Mempool(net=NET)
+    args = {"to": B.pubkey, "unlock_height": 10}
+    lock = call(A, NET, "escrow", "lock", args, 0, fee=5, amount=50)
+    claim = call(B, NET, "escrow", "claim", {"id": lock.txid}, 0, fee=2)
+    b1 = pay(B, 1, fee=9)
+    for tx in (lock, claim, b1):
+        pool.add(tx, state, 0.0)
+    assert pool.select(state, 10) == [lock, claim, b1]  # without a height: not checked
+    before = dict(state.kv)
+    assert pool.select(state, 10, height=5) == [lock]  # too early: b1 depends on the claim
+    assert pool.select(state, 10, height=10) == [lock, claim, b1]
+    state.begin()  # inside an open journal too
+    assert pool.select(state, 10, height=5) == [lock]
+    assert state.kv == before and state.journaling and state.commit() == []
+    check_pool(pool, state, height=10)
 
 
 # ------------------------------------------------------------------ bounds
@@ -195,7 +220,7 @@ def test_replacement_restarts_the_expiry_clock(state):
 
 def mine(pool: Mempool, state: State, max_txs: int, height: int = 1):
     """Select, apply as a block, tell the pool; returns (txs, undo)."""
-    txs = pool.select(state, max_txs)
+    txs = pool.select(state, max_txs, height)
     state.begin()
     for tx in txs:
         apply_tx(state, tx, height, M.pubkey, net=NET)
@@ -249,14 +274,16 @@ def test_readd_after_reorg(state):
     check_pool(pool, state)
 
 
-def test_select_is_fast_with_a_full_pool():
+def test_select_is_fast_with_a_full_pool(monkeypatch):
+    cache = SigCache()
+    monkeypatch.setattr(txmod, "SIG_CACHE", cache)
     users = [i.to_bytes(32, "big") for i in range(25_000)]  # never signs: any 32 bytes
     state = genesis_state({u: 10**6 for u in users})
     pool = Mempool(max_size=50_000, net=NET)
     for i in range(50_000):
         u = users[i % len(users)]
         tx = Tx(NET, "transfer", u, i // len(users), 1 + i % 97, to=SINK, amount=1, sig=b"s" * 64)
-        SIG_CACHE.add((tx.txid, tx.sig))  # skip 50k signatures: admission is not what we time
+        cache.add((tx.txid, tx.sig))  # skip 50k signatures: admission is not what we time
         pool.add(tx, state, 0.0)
     assert len(pool) == 50_000
     t0 = time.perf_counter()
@@ -264,9 +291,11 @@ def test_select_is_fast_with_a_full_pool():
     elapsed = time.perf_counter() - t0
     assert len(chosen) == 10_000
     assert sum(tx.fee for tx in chosen) / len(chosen) > 75  # the pool's mean fee is 49
-    assert all(tx.nonce == 0 or tx.sender in {t.sender for t in chosen[:i]} for i, tx in enumerate(chosen[:200]))
+    seen = set()
+    for tx in chosen:  # each sender's nonce 1 comes after its nonce 0
+        assert tx.nonce == 0 or tx.sender in seen
+        seen.add(tx.sender)
     assert elapsed < 1.0, f"select took {elapsed:.3f}s"
-    SIG_CACHE.clear()
 
 
 # ------------------------------------------------------------------ hypothesis
@@ -280,8 +309,9 @@ class PoolHistory(RuleBasedStateMachine):
         super().__init__()
         balances = [50, 200, 1000, 1000]
         self.state = genesis_state({u.pubkey: b for u, b in zip(USERS, balances)})
-        self.pool = Mempool(max_size=12, expiry=100.0, net=NET)
-        self.blocks: list = []  # [(txs, undo)]
+        self.pool = Mempool(max_size=6, expiry=100.0, net=NET)
+        self.blocks: list = []  # [(txs, undo)]; the next block's height is len + 1
+        self.locks: list[bytes] = []  # txids of escrow locks admitted
         self.now = 0.0
 
     @rule(
@@ -304,29 +334,76 @@ class PoolHistory(RuleBasedStateMachine):
             event(f"add: ok, {len(out)} out")
             assert tx.txid in self.pool and all(t.txid not in self.pool for t in out)
 
+    @rule(
+        who=st.integers(0, 3),
+        method=st.sampled_from(["lock", "lock", "release", "claim"]),
+        pick=st.integers(0, 3),
+        fee=st.integers(0, 20),
+        amount=st.integers(1, 60),
+        unlock=st.integers(0, 3),
+    )
+    def add_call(self, who, method, pick, fee, amount, unlock):
+        sender = USERS[who]
+        nonce = self.pool.next_nonce(self.state, sender.pubkey)
+        if method == "lock":
+            args = {"to": USERS[(who + 1) % 4].pubkey, "unlock_height": len(self.blocks) + unlock}
+            tx = call(sender, NET, "escrow", "lock", args, nonce, fee=fee, amount=amount)
+        else:
+            eid = self.locks[-1 - pick % len(self.locks)] if self.locks else b"\0" * 32
+            tx = call(sender, NET, "escrow", method, {"id": eid}, nonce, fee=fee)
+        try:
+            self.pool.add(tx, self.state, self.now)
+        except TxRejected as exc:
+            event(f"add {method}: {exc.reason}")
+        else:
+            event(f"add {method}: ok")
+            if method == "lock":
+                self.locks.append(tx.txid)
+
     @rule(max_txs=st.integers(0, 6))
     def mine(self, max_txs):
         txs, undo = mine(self.pool, self.state, max_txs, len(self.blocks) + 1)
+        for tx in txs:
+            event(f"mined {tx.method or 'transfer'}")
         assert len(txs) <= max_txs
+        event(f"mine: {min(len(txs), 3)}+ txs")
         self.blocks.append((txs, undo))
 
-    @precondition(lambda self: self.blocks)
+    @rule(who=st.integers(0, 3), share=st.sampled_from([0.5, 0.9, 1.0]))
+    def foreign_block(self, who, share):
+        """Another miner's block spends `share` of a sender's balance with a tx we never saw."""
+        sender = USERS[who]
+        balance = self.state.balance(sender.pubkey)
+        if balance < 4:
+            return
+        nonce = self.state.nonce(sender.pubkey)
+        tx = transfer(sender, NET, SINK, int(balance * share) - 1, nonce, fee=1)
+        self.state.begin()
+        apply_tx(self.state, tx, len(self.blocks) + 1, M.pubkey, net=NET)
+        self.blocks.append(([tx], self.state.commit()))
+        self.pool.remove_included([tx])
+        self.pool.revalidate(self.state)
+
     @rule()
     def reorg(self):
+        if not self.blocks:
+            return
         txs, undo = self.blocks.pop()
         self.state.undo(undo)
         self.pool.revalidate(self.state)
         self.pool.readd(txs, self.state, self.now)
+        event(f"reorg: {sum(t.txid in self.pool for t in txs)} of {len(txs)} back")
 
     @rule(dt=st.sampled_from([1.0, 30.0, 100.0]))
     def tick(self, dt):
         self.now += dt
         gone = self.pool.expire(self.now)
+        event(f"expire: {min(len(gone), 2)}+")
         assert all(t.txid not in self.pool for t in gone)
 
     @invariant()
     def consistent_and_applicable(self):
-        check_pool(self.pool, self.state)
+        check_pool(self.pool, self.state, len(self.blocks) + 1)
         assert len(self.pool) <= self.pool.max_size
 
 

@@ -250,6 +250,13 @@ def test_orphan_pool_is_bounded():
     assert r.connected == [b2, b3, b4] and t.height == 4
 
 
+def test_orphan_pool_disabled():
+    t = new_tree(max_orphans=0)
+    b1, b2 = chain(G, 2)
+    r = t.add(b2, 10)
+    assert (r.status, r.missing) == ("orphan", b1.hash) and not t.contains(b2.hash)
+
+
 def test_orphan_checked_before_pooling():
     t = new_tree()
     b1, b2 = chain(G, 2)

@@ -1,9 +1,8 @@
 """Block headers and blocks: hashing, signing, strict wire decoding (sans-IO).
 
-Design: the header hash is blake2b-32 of msgpack([height, prev, time, miner, merkle]); the
-miner signs b"p2p_l2/block/v1" + hash, and the Merkle root (merkle.py) binds the tx list to
-the header.  `from_wire` checks shape, types, counts and size only; whether a block fits
-the chain (miner, signature, merkle, parent, txs) is the BlockTree's job.
+Design: header hash = blake2b-32 of msgpack([height, prev, time, miner, merkle]); the miner
+signs b"p2p_l2/block/v1" + hash; the Merkle root binds the txs.  `from_wire` checks shape,
+types, count and size only; whether a block fits the chain is the BlockTree's job.
 """
 
 from __future__ import annotations

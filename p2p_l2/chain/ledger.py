@@ -1,9 +1,8 @@
 """The layer-1 rule for one transaction, applied to a `State` (sans-IO).
 
-Design: every check that cannot write (network, shape, signature, nonce, funds) runs
-before the first write, so a rejected transfer touches nothing; a contract call runs
-inside a journal savepoint and is rolled back whole if the contract raises.  Fees go to
-the block's miner; coins are conserved: balances + locked == genesis + rewards (- burned).
+Design: all checks (network, shape, signature, nonce, funds) run before the first write,
+so a rejected transfer touches nothing; a contract call runs under a journal savepoint and
+is rolled back whole if it raises.  Coins: balances + locked == genesis + rewards - burned.
 """
 
 from __future__ import annotations
@@ -42,7 +41,9 @@ def check_static(tx: Tx, net: str) -> None:
     if tx.net != net:
         raise TxRejected("wrong_network", f"tx for {tx.net!r}, this is {net!r}")
     amount, fee, nonce = tx.amount, tx.fee, tx.nonce
-    if type(amount) is not int or type(fee) is not int or not (0 <= amount < MAX_INT and 0 <= fee < MAX_INT):
+    if type(amount) is not int or type(fee) is not int:
+        raise TxRejected("bad_amount", f"amount={amount!r} fee={fee!r}")
+    if not (0 <= amount < MAX_INT and 0 <= fee < MAX_INT):
         raise TxRejected("bad_amount", f"amount={amount!r} fee={fee!r}")
     if type(nonce) is not int or not 0 <= nonce < MAX_INT:
         raise TxRejected("malformed", f"nonce={nonce!r}")

@@ -1,10 +1,8 @@
 """The mempool: bounded, per-sender nonce order, replace-by-fee, expiry (sans-IO).
 
-Design: txs are indexed by txid (in admission order, which is also expiry order) and by
-sender -> nonce.  Two lazy heaps avoid any full scan on the hot paths: `_best` orders all
-txs by fee for `select` (which pops from a copy and parks a tx until its predecessor is
-taken), and `_tails` orders each sender's last tx by fee, the cheapest one to evict.
-Heap entries whose tx is gone are skipped when popped and swept out when they pile up.
+Design: txs indexed by txid (admission = expiry order) and by sender -> nonce, plus two
+lazy heaps: all txs by fee (`select` pops a copy, parking a tx until its predecessor is
+taken) and senders' last txs by fee (the eviction victims); dead entries are skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from .ledger import check_static
+from .ledger import apply_tx, check_static
 from .state import State
 from .tx import Tx, TxRejected
 
@@ -54,7 +52,9 @@ class Mempool:
     proposes a block's txs; the chain reports blocks with `remove_included`/`revalidate`
     and reorgs with `readd`."""
 
-    def __init__(self, max_size: int = 50_000, expiry: float = 600.0, min_fee: int = 0, net: str = ""):
+    def __init__(
+        self, max_size: int = 50_000, expiry: float = 600.0, min_fee: int = 0, net: str = ""
+    ):
         self.max_size, self.expiry, self.min_fee, self.net = max_size, expiry, min_fee, net
         self._by_id: dict[bytes, _Entry] = {}  # admission order
         self._senders: dict[bytes, dict[int, _Entry]] = {}  # sender -> nonce -> entry
@@ -114,7 +114,7 @@ class Mempool:
             total -= old.tx.amount + old.tx.fee
         balance = state.balance(sender)
         if total > balance:
-            raise TxRejected("insufficient_funds", f"balance {balance} < pending amount + fee {total}")
+            raise TxRejected("insufficient_funds", f"balance {balance} < pending cost {total}")
         victim = None
         if old is None and len(self._by_id) >= self.max_size:
             victim = self._cheapest_tail()
@@ -147,10 +147,21 @@ class Mempool:
         return out
 
     # -- selection -------------------------------------------------------------------------
-    def select(self, state: State, max_txs: int) -> list[Tx]:
+    def select(self, state: State, max_txs: int, height: int | None = None) -> list[Tx]:
         """Up to `max_txs` txs executable in order from `state`: highest fee first, each
         sender's in nonce order from its state nonce, and each sender able to pay for all
-        of its selected txs from its balance in `state`."""
+        of its selected txs from its balance in `state`.
+
+        That makes transfers certain to apply; a contract call may still fail on contract
+        state.  Given the `height` of the block being built, a selection with calls is
+        dry-run on `state` (then rolled back) and a failing tx is left out together with its
+        sender's later ones, so the result applies cleanly."""
+        out = self._select(state, max_txs)
+        if height is None or all(tx.kind == "transfer" for tx in out):
+            return out
+        return self._dry_run(state, out, height)
+
+    def _select(self, state: State, max_txs: int) -> list[Tx]:
         heap = self._best.copy()  # a copy of a heap is a heap
         expect: dict[bytes, int] = {}  # sender -> the nonce it needs next
         left: dict[bytes, int] = {}  # sender -> balance not yet spent by this selection
@@ -185,6 +196,29 @@ class Mempool:
                 if item is not None:
                     push(heap, item)
         return out
+
+    def _dry_run(self, state: State, txs: list[Tx], height: int) -> list[Tx]:
+        own_journal = not state.journaling
+        if own_journal:
+            state.begin()
+        mark = state.savepoint()
+        kept: list[Tx] = []
+        failed: set[bytes] = set()
+        try:
+            for tx in txs:
+                if tx.sender in failed:
+                    continue
+                try:
+                    apply_tx(state, tx, height, None, net=self.net, check_sig=False)
+                except TxRejected:
+                    failed.add(tx.sender)
+                else:
+                    kept.append(tx)
+        finally:
+            state.rollback_to(mark)
+            if own_journal:
+                state.abort()
+        return kept
 
     # -- removal ---------------------------------------------------------------------------
     def remove_included(self, txs: Iterable[Tx]) -> None:

@@ -1,10 +1,9 @@
 """Merkle trees of 32-byte hashes (block txids, later plasma transactions).
 
-Design: blake2b-32, pairwise, Bitcoin-style (an odd last node is paired with itself), but
-every hash is domain-separated: leaf = H(0x00||leaf), pair = H(0x01||l||r), duplicated
-odd node = H(0x02||x||x).  The leaf tag stops a node posing as a leaf; the distinct tag
-for the duplicate removes CVE-2012-2459 ([a,b,c] and [a,b,c,c] get different roots), so a
-root commits to exactly one leaf list.  A proof step for a duplicated node is b"".
+Design: blake2b-32 pairs with Bitcoin's odd-node duplication, domain-separated: leaf =
+H(0|x), pair = H(1|l|r), duplicated odd node = H(2|x|x).  Tags 0/1 stop a node posing as a
+leaf; tag 2 removes CVE-2012-2459 ([a,b,c] and [a,b,c,c] no longer share a root).  A proof
+lists siblings bottom-up, b"" marking a duplication step.
 """
 
 from __future__ import annotations
@@ -59,9 +58,9 @@ def merkle_proof(leaves: list[bytes], index: int) -> list[bytes]:
 def verify_proof(leaf: bytes, index: int, proof: list[bytes], root: bytes) -> bool:
     """True iff `proof` shows `leaf` at position `index` under `root`; never raises."""
     try:
-        if type(index) is not int or index < 0 or index >> len(proof):
+        if type(leaf) is not bytes or type(index) is not int or index < 0 or index >> len(proof):
             return False
-        cur = _leaf(bytes(leaf))
+        cur = _leaf(leaf)
         for sib in proof:
             if sib == b"":
                 if index & 1:  # only the last node of an odd level (even index) is duplicated

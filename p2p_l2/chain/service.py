@@ -52,7 +52,8 @@ class ChainService:
         cfg = node.config
         self.params = cfg.chain
         self.net = cfg.cluster.name
-        accounts = {node.pubkeys[name]: amount for name, amount in cfg.accounts.items()}
+        accounts = {node.pubkeys.get(name) or bytes.fromhex(name): amount
+                    for name, amount in cfg.accounts.items()}
         self.miners = cfg.nodes_with_role("miner")
         store = None
         if node.data_dir is not None:
@@ -101,7 +102,7 @@ class ChainService:
 
     def mine_block(self) -> Block:
         tip = self.tree.tip
-        txs = self.mempool.select(self.tree.state, self.params.max_block_txs)
+        txs = self.mempool.select(self.tree.state, self.params.max_block_txs, height=tip.height + 1)
         block = make_block(self.node.identity, tip, txs, time=max(self.node.wall(), tip.time))
         result = self.tree.add(block, self.node.wall())
         self.node.log.info(ev.BLOCK_MINED, block=block.hash.hex(), height=block.height,
@@ -152,7 +153,7 @@ class ChainService:
                      time=block.header.time)
         if result.connected or result.disconnected:
             state, now = self.tree.state, self.node.wall()
-            for block in result.disconnected:
+            for block in reversed(result.disconnected):  # oldest first: nonces stay in order
                 self.mempool.readd(block.txs, state, now)
             for block in result.connected:
                 self.mempool.remove_included(block.txs)

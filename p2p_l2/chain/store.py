@@ -1,12 +1,9 @@
 """SQLite persistence of a BlockTree: blocks, undos, the state at the tip, meta.
 
-Design: stdlib sqlite3 in WAL mode (synchronous=NORMAL: a kill -9 loses nothing committed,
-a power cut at most the last commits, never consistency).  The tree hands over one
-`StoreBatch` per `add` and `write` applies it in ONE transaction: new blocks, invalid
-hashes, undos of connected / disconnected blocks, the touched state keys, tip and minted
-coins.  Restart loads the state as stored - no block is replayed.  State keys, values and
-undos are msgpack with two extension types so they round-trip exactly: tuple (1) and
-state.MISSING (2).
+Design: sqlite3, WAL, synchronous=NORMAL; each `BlockTree.add` hands over one StoreBatch
+(new blocks, invalid hashes, undos, touched state keys, tip) written in ONE transaction, so
+a kill -9 leaves the last committed add; restart loads the state as stored, replaying
+nothing.  Values are msgpack with ext types for tuple and state.MISSING, so they round-trip.
 """
 
 from __future__ import annotations
@@ -70,12 +67,13 @@ _pack_plain = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
 def pack_key(key: Key) -> bytes:
-    """A state key as stored: the msgpack array of its elements."""
-    return _pack(list(key))
+    """A state key as stored: the msgpack array of its elements.  A key is hashable, so it
+    holds no list or map: every array in it was a tuple, and decoding is exact."""
+    return _pack_plain(key)
 
 
 def unpack_key(b: bytes) -> Key:
-    return tuple(_unpack(b))
+    return msgpack.unpackb(b, raw=False, use_list=False)
 
 
 def pack_value(v: Any) -> bytes:
@@ -87,11 +85,13 @@ def unpack_value(b: bytes) -> Any:
 
 
 def pack_undo(undo: Undo) -> bytes:
-    return _pack([[list(k), old] for k, old in undo])
+    """[keys, old values]: keys as plain arrays (see pack_key), values exact."""
+    return _pack_plain([_pack_plain([k for k, _ in undo]), _pack([old for _, old in undo])])
 
 
 def unpack_undo(b: bytes) -> Undo:
-    return [(tuple(k), old) for k, old in _unpack(b)]
+    keys, olds = msgpack.unpackb(b, raw=False)
+    return list(zip(msgpack.unpackb(keys, raw=False, use_list=False), _unpack(olds)))
 
 
 # ---------------------------------------------------------------- batches and snapshots
@@ -213,8 +213,10 @@ class ChainStore:
     def _put_blocks(self, blocks: list[tuple[Block, int]]) -> None:
         if blocks:
             self._db.executemany(
-                "INSERT OR IGNORE INTO blocks (hash, height, prev, seq, wire) VALUES (?, ?, ?, ?, ?)",
-                [(b.hash, b.height, b.header.prev, seq, _pack_plain(b.to_wire())) for b, seq in blocks],
+                "INSERT OR IGNORE INTO blocks (hash, height, prev, seq, wire) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(b.hash, b.height, b.header.prev, seq, _pack_plain(b.to_wire()))
+                 for b, seq in blocks],
             )
 
     def _put_state(self, puts: dict[Key, Any]) -> None:

@@ -1,9 +1,8 @@
 """Layer-1 transactions: an immutable, signed envelope for a transfer or a contract call.
 
-Design: the txid hashes every field but the signature (so it names the tx, not one signing
-of it), and the signature covers a domain tag plus the txid.  `from_wire` is the only door
-for peer data and checks types and bounds exactly; verified (txid, sig) pairs go into a
-bounded `SIG_CACHE` so a tx checked at mempool admission costs one set lookup at block time.
+Design: the txid hashes every field but the signature, which signs a domain tag + txid.
+`from_wire` is the one door for peer data and checks every type and bound; verified
+(txid, sig) pairs go into `SIG_CACHE`, so a tx checked at admission is not checked again.
 """
 
 from __future__ import annotations

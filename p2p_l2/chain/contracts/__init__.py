@@ -1,9 +1,8 @@
-"""Native L1 contracts: named modules a `call` tx routes to, registered in `CONTRACTS`.
+"""Native L1 contracts: named objects a `call` tx routes to, registered in `CONTRACTS`.
 
-Design: a contract is a stateless object whose `apply(state, tx, height)` reads and writes
-its storage under ("c", name, ...) and raises TxRejected on misuse; the ledger has already
-charged the sender `tx.amount + fee` and rolls every write back if `apply` raises.
-`locked(state)` is the coin it holds, so coins are conserved across contracts.
+Design: `apply(state, tx, height)` keeps its storage under ("c", name, ...) and raises
+TxRejected on misuse; the ledger has already charged the sender amount + fee and undoes
+everything if `apply` raises.  `locked(state)` is the coin held, for conservation checks.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """`escrow`: coins locked for a recipient, released early by the payer, claimed after a
 height, or refunded to the payer if the recipient never claims.
 
-Design: `lock {to, unlock_height}` moves tx.amount into an escrow named by the lock's
-txid, stored as ("c", "escrow", id) -> [payer, to, amount, unlock_height].  `release {id}`
-(payer, any time) and `claim {id}` (recipient, height >= unlock_height) pay `to`;
-`refund {id}` (payer, height >= unlock_height + CLAIM_WINDOW) pays the payer back.
+Design: `lock {to, unlock_height}` stores ("c", "escrow", lock txid) -> [payer, to, amount,
+unlock_height]; `release {id}` (payer, any time) or `claim {id}` (to, from unlock_height)
+pay `to`; `refund {id}` (payer, from unlock_height + CLAIM_WINDOW) pays the payer back.
 """
 
 from __future__ import annotations
