@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(sync=_node)
 
     bench = sub.add_parser("bench", help="benchmarks with same-run reference ratios")
-    bench.add_argument("name", choices=["cluster", "gossip"])
+    bench.add_argument("name", choices=["cluster", "gossip", "l1"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--nodes", type=int)
     bench.set_defaults(sync=_bench)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 BENCHES: dict[str, str] = {
     "cluster": "p2p_l2.bench.cluster",
     "gossip": "p2p_l2.bench.gossip",
+    "l1": "p2p_l2.bench.l1",
 }
 
 

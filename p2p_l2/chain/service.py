@@ -64,6 +64,7 @@ class ChainService:
                               block_reward=self.params.block_reward, store=store)
         self.mempool = Mempool(net=self.net)
         node.gossip.add_validator(TOPIC_TX, self._on_tx)
+        node.quiet_topics.add(TOPIC_TX)  # tx.accepted on every node tells the whole story
         node.gossip.add_validator(TOPIC_BLOCK, self._on_block, inventory=True)
         node.handlers["getblocks"] = self._on_getblocks
         node.handlers["blocks"] = self._on_blocks

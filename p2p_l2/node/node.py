@@ -72,6 +72,7 @@ class Node:
         self.services: list[Callable] = []
         self.status_hooks: list[Callable[[], dict]] = []
         self.on_connect: list[Callable[[str], None]] = []  # called with the peer's name
+        self.quiet_topics: set[str] = set()  # topics whose layer logs its own events instead
         self.control = ControlRegistry(on_error=self._control_failed)
         self.control_server = (ControlServer(self.control, token, control_port,
                                              on_reject=self._control_rejected)
@@ -324,7 +325,8 @@ class Node:
             msg_id, actions = self.gossip.publish(topic, data, self.wall())
         except RemoteProtocolError as exc:
             raise ControlError("invalid", f"rejected by the {topic!r} validator: {exc}") from None
-        self.log.info(ev.GOSSIP_PUBLISHED, msg_id=msg_id.hex(), topic=topic, size=len(data))
+        if topic not in self.quiet_topics:
+            self.log.info(ev.GOSSIP_PUBLISHED, msg_id=msg_id.hex(), topic=topic, size=len(data))
         self._execute(actions)
         return {"msg_id": msg_id.hex()}
 
