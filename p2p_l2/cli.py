@@ -67,22 +67,34 @@ def _print_table(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
-async def _up(args) -> int:
+async def start_cluster(config, run_dir, timeout: float = 120.0):
+    """Create and start a process cluster with a progress bar; stop it again on failure."""
     from .cluster.process import Cluster
     console = _console()
-    cluster = Cluster.create(args.config, args.run_dir)
+    cluster = Cluster.create(config, run_dir)
     console.print(f"run dir [bold]{cluster.run_dir}[/] ({len(cluster.names)} nodes, "
                   f"{len(cluster.config.links)} links)")
     progress, report = _progress_bar(console)
     try:
         with progress:
-            seconds = await cluster.start(timeout=args.timeout, on_progress=report)
+            seconds = await cluster.start(timeout=timeout, on_progress=report)
     except BaseException:
-        await cluster.down()
+        with trio.CancelScope(shield=True):
+            await cluster.down()
         raise
+    return cluster, seconds
+
+
+async def _up(args) -> int:
+    cluster, seconds = await start_cluster(args.config, args.run_dir, args.timeout)
     _print_table(await _status_rows(cluster), f"{cluster.config.cluster.name}: up in {seconds:.2f}s")
-    console.print(f"stop it with: p2p-l2 down {cluster.run_dir}")
+    _console().print(f"stop it with: p2p-l2 down {cluster.run_dir}")
     return 0
+
+
+async def _run(args) -> int:
+    from .run import run
+    return await run(args.config, args.run_dir, args.duration, args.timeout)
 
 
 async def _status(args) -> int:
@@ -149,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--run-dir", type=Path)
     up.add_argument("--timeout", type=float, default=120.0)
     up.set_defaults(run=_up)
+
+    run = sub.add_parser("run", help="up, play the workloads and faults, down")
+    run.add_argument("config", type=Path)
+    run.add_argument("--run-dir", type=Path)
+    run.add_argument("--duration", type=float, help="seconds after readiness (default: when "
+                     "the last workload or fault ends)")
+    run.add_argument("--timeout", type=float, default=120.0)
+    run.set_defaults(run=_run)
 
     st = sub.add_parser("status", help="per-node status of a running cluster")
     st.add_argument("run_dir", nargs="?", type=Path)

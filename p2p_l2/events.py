@@ -31,6 +31,9 @@ PROCESS_KILLED = "process.killed"
 PROCESS_PAUSED = "process.paused"
 PROCESS_RESUMED = "process.resumed"
 PROCESS_EXITED = "process.exited"
+# workloads
+WORKLOAD_STARTED = "workload.started"
+WORKLOAD_STOPPED = "workload.stopped"
 # faults
 FAULT_APPLIED = "fault.applied"
 FAULT_CLEARED = "fault.cleared"
@@ -38,6 +41,7 @@ FAULT_CLEARED = "fault.cleared"
 BLOCK_MINED = "block.mined"
 BLOCK_ACCEPTED = "block.accepted"
 CHAIN_REORG = "chain.reorg"
+CHAIN_LOADED = "chain.loaded"
 TX_ACCEPTED = "tx.accepted"
 # channels (issue 4)
 CHANNEL_OPENED = "channel.opened"
@@ -75,11 +79,14 @@ CATALOGUE: dict[str, str] = {
     PROCESS_PAUSED: "launcher: SIGSTOP sent (node, pid)",
     PROCESS_RESUMED: "launcher: SIGCONT sent (node, pid)",
     PROCESS_EXITED: "launcher: a node process ended (node, pid, returncode)",
+    WORKLOAD_STARTED: "a load generator started on this node (workload, kind, rate)",
+    WORKLOAD_STOPPED: "a load generator ended (workload, kind, counts by result code, seconds)",
     FAULT_APPLIED: "a fault took effect on this node (action, params)",
     FAULT_CLEARED: "a fault was lifted on this node (action)",
     BLOCK_MINED: "this miner produced a block (block, height, txs)",
     BLOCK_ACCEPTED: "a block joined this node's block tree (block, height, miner)",
-    CHAIN_REORG: "the best chain switched branches (depth, old_tip, new_tip)",
+    CHAIN_REORG: "the best chain switched branches (depth, old_tip, new_tip, height)",
+    CHAIN_LOADED: "layer 1 opened from the node's database at start (height, tip, blocks)",
     TX_ACCEPTED: "a transaction entered the mempool (txid)",
     CHANNEL_OPENED: "a channel is usable (channel_id, peer, capacity)",
     CHANNEL_UPDATED: "a channel state was committed (channel_id, seq)",

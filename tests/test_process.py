@@ -251,3 +251,36 @@ async def test_cluster_launch_stops_everything_on_exit(tmp_path):
         attached = Cluster.attach(tmp_path / "run")  # what scripts use after `p2p-l2 up`
         assert (await attached["n1"].call("status"))["name"] == "n1"
     assert pids_alive(tmp_path / "run") == []
+
+
+CHAIN = '[chain]\nblock_interval = 0.3\n[accounts]\nn1 = 100000\n'
+
+
+async def test_chain_on_processes_survives_kill_9(cluster_factory):
+    config = make_config(3, "line", name="l1proc", roles={"n0": ["miner"]}, extra=CHAIN)
+    cluster = await cluster_factory(config)
+    res = await cluster["n1"].call("chain.send", to="n2", amount=700, fee=3)
+
+    async def confirmed():
+        return (await cluster["n2"].call("chain.tx", txid=res["txid"]))["status"] == "confirmed"
+    await cluster.wait_for(confirmed, timeout=30)
+    assert (await cluster["n2"].call("chain.balance"))["balance"] == 700
+    status = await cluster["n2"].call("status")
+    assert status["height"] >= 1 and len(status["tip"]) == 64
+
+    await cluster.wait_for_event("n2", ev.CHAIN_LOADED)  # the first start, at genesis
+    height = (await cluster["n2"].call("chain.tip"))["height"]
+    await cluster.kill("n2")  # kill -9
+
+    async def advanced():
+        return (await cluster["n1"].call("chain.tip"))["height"] >= height + 3
+    await cluster.wait_for(advanced, timeout=30)
+    await cluster.restart("n2")
+    loaded = await cluster.wait_for_event("n2", ev.CHAIN_LOADED)
+    assert loaded["height"] >= height  # resumed from its database, no replay from genesis
+
+    async def caught_up():
+        a, b = await cluster["n1"].call("chain.tip"), await cluster["n2"].call("chain.tip")
+        return a == b and a["height"] >= height + 3
+    await cluster.wait_for(caught_up, timeout=30)
+    assert (await cluster["n2"].call("chain.balance"))["balance"] == 700

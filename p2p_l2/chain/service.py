@@ -69,6 +69,7 @@ class ChainService:
         node.handlers["getblocks"] = self._on_getblocks
         node.handlers["blocks"] = self._on_blocks
         node.on_connect.append(self.request_sync)
+        node.workloads.register("l1-transfers", lambda to, amount: self.send(to, amount))
         node.status_hooks.append(lambda: {"height": self.tree.height, "tip": self.tree.tip.hash.hex()})
         node.services.append(self.run)
         for method, fn in {"chain.balance": self.balance, "chain.send": self.send,
@@ -79,6 +80,8 @@ class ChainService:
 
     # -- background --------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.node.log.info(ev.CHAIN_LOADED, height=self.tree.height, tip=self.tree.tip.hash.hex(),
+                           blocks=self.tree.statistics().get("blocks"))
         async with trio.open_nursery() as nursery:
             if self.node.name in self.miners:
                 nursery.start_soon(self._mine_loop)

@@ -96,6 +96,26 @@ class ClusterBase:
                     await self[me].call("fault.link", peer=peer, blackhole=True)
         return cut
 
+    async def start_workload(self, spec, id: str) -> None:
+        """Start a `[[workload]]` on each of its `from` nodes, the rate split between them."""
+        senders = [n for n in spec.from_ if self.alive(n)]
+        for name in senders:
+            await self[name].call("workload.start", kind=spec.kind, rate=spec.rate / len(senders),
+                                  amount=list(spec.amount), to=list(spec.to),
+                                  duration=spec.duration, id=id)
+
+    async def workload_counts(self) -> dict[str, dict[str, int]]:
+        """Outcome counts of every workload, summed over the nodes that ran it."""
+        out: dict[str, dict[str, int]] = {}
+        for name in self.names:
+            if not self.alive(name):
+                continue
+            for w in await self[name].call("workload.list"):
+                counts = out.setdefault(f"{w['id']} {w['kind']}", {})
+                for code, n in w["counts"].items():
+                    counts[code] = counts.get(code, 0) + n
+        return out
+
     async def heal(self) -> None:
         """Lift every link fault on every running node."""
         for name in self.names:

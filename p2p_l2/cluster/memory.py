@@ -97,6 +97,11 @@ class MemoryCluster(ClusterBase):
         if node is not None:
             await node.stopped.wait()
 
+    async def pause(self, name: str) -> None:
+        raise P2PL2Error("pause/resume stop a process (SIGSTOP); use a process cluster")
+
+    resume = pause
+
     async def restart(self, name: str) -> Node:
         if name in self.nodes:
             await self.kill(name)

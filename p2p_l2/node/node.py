@@ -30,6 +30,7 @@ from ..net.link import FATAL, PeerLink
 from ..net.policy import Backoff, Scoreboard
 from ..wire import MAX_FRAME_SIZE, FrameDecoder, Handshake, Identity, ReplayCache, codec, encode_frame
 from .control import ControlRegistry, ControlServer
+from .workload import WorkloadRunner
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT = 5.0
@@ -81,6 +82,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self.faults = LinkFaults()
+        self.workloads = WorkloadRunner(self)
         self.chain = ChainService(self)  # every node validates layer 1
         for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
@@ -121,6 +123,12 @@ class Node:
             self.log.info(ev.NODE_STOPPED)
             self.log.flush()
             self.stopped.set()
+
+    def spawn(self, fn, *args) -> None:
+        """Run a background task in the node's nursery (it ends with the node)."""
+        if self._nursery is None:
+            raise ControlError("unavailable", "node is not running")
+        self._nursery.start_soon(fn, *args)
 
     def stop(self) -> None:
         if self._nursery is not None:
