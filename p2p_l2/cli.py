@@ -62,7 +62,7 @@ def _print_table(rows: list[dict], title: str) -> None:
     for r in rows:
         tip = (r.get("tip") or "")[:12]
         alive = "[green]yes[/]" if r["alive"] else "[red]no[/]"
-        table.add_row(r["name"], alive, ",".join(r.get("roles", [])), str(r.get("height") or "-"),
+        table.add_row(r["name"], alive, ",".join(r.get("roles", [])), str(r["height"]) if r.get("height") is not None else "-",
                       tip or "-", f"{len(r['peers'])}: {' '.join(r['peers'])}")
     Console().print(table)
 

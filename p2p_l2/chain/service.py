@@ -11,6 +11,8 @@ partitioned or restarted catches up by itself.
 from __future__ import annotations
 
 
+import sqlite3
+
 import msgpack
 import trio
 
@@ -56,13 +58,17 @@ class ChainService:
                     for name, amount in cfg.accounts.items()}
         self.miners = cfg.nodes_with_role("miner")
         store = None
+        self.wallet = None  # our own unconfirmed txs survive a crash: never reuse a nonce
         if node.data_dir is not None:
             node.data_dir.mkdir(parents=True, exist_ok=True)
             store = ChainStore(node.data_dir / "chain.sqlite")
+            self.wallet = sqlite3.connect(str(node.data_dir / "wallet.sqlite"), isolation_level=None)
+            self.wallet.execute("PRAGMA journal_mode=WAL")
+            self.wallet.execute("CREATE TABLE IF NOT EXISTS own (txid BLOB PRIMARY KEY, tx BLOB)")
         self.tree = BlockTree(self.net, accounts, {node.pubkeys[m] for m in self.miners},
                               max_block_txs=self.params.max_block_txs,
                               block_reward=self.params.block_reward, store=store)
-        self.mempool = Mempool(net=self.net)
+        self.mempool = Mempool(net=self.net, min_fee=1)  # no free rides: spam costs coins
         node.gossip.add_validator(TOPIC_TX, self._on_tx)
         node.quiet_topics.add(TOPIC_TX)  # tx.accepted on every node tells the whole story
         node.gossip.add_validator(TOPIC_BLOCK, self._on_block, inventory=True)
@@ -82,6 +88,7 @@ class ChainService:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.node.log.info(ev.CHAIN_LOADED, height=self.tree.height, tip=self.tree.tip.hash.hex(),
                            blocks=self.tree.statistics().get("blocks"))
+        self._resubmit_own()
         async with trio.open_nursery() as nursery:
             if self.node.name in self.miners:
                 nursery.start_soon(self._mine_loop)
@@ -97,9 +104,27 @@ class ChainService:
             await trio.sleep(self.node.rng.expovariate(1.0 / mean))
             self.mine_block()
 
+    def _resubmit_own(self) -> None:
+        """Put our own txs that are not on chain yet back in the pool (after a restart) and
+        forget those the chain has passed."""
+        if self.wallet is None:
+            return
+        state = self.tree.state
+        for txid, blob in self.wallet.execute("SELECT txid, tx FROM own").fetchall():
+            tx = Tx.from_wire(_unpack(blob, "tx"))
+            if tx.nonce < state.nonce(tx.sender):
+                self.wallet.execute("DELETE FROM own WHERE txid = ?", (txid,))
+            elif txid not in self.mempool:
+                try:
+                    self._admit(tx)
+                except RemoteProtocolError:
+                    continue
+                self.node.publish(TOPIC_TX, tx.encode(), force=True)
+
     async def _maintenance(self) -> None:
         while True:
             await trio.sleep(SYNC_EVERY)
+            self._resubmit_own()
             self.mempool.expire(self.node.wall())
             if self.node.links:
                 self.request_sync(self.node.rng.choice(sorted(self.node.links)))
@@ -121,7 +146,7 @@ class ChainService:
             return  # our own, admitted before it was published
         tx = Tx.from_wire(_unpack(data, "tx"))
         if tx.txid in self.mempool:
-            return  # ours, being published; or re-flooded after the seen-cache forgot it
+            raise Ignore  # known (its signature may differ: never relay an unchecked copy)
         self._admit(tx)
 
     def _admit(self, tx: Tx) -> None:
@@ -136,14 +161,28 @@ class ChainService:
         if peer is None:
             return  # our own, added to the tree before it was published
         block = Block.from_wire(_unpack(data, "block"), self.params.max_block_txs)
-        result = self.tree.add(block, self.node.wall())
+        result = self._add(block)
         if result.status == "orphan":
             if peer is not None:
                 self.request_sync(peer)
             raise Ignore  # judged once its parent is here; relayed then
         if result.status == "invalid":
+            if result.reason == "bad_time":
+                raise Ignore  # our clock may be the one that is off: no blame, ask again later
             raise RemoteProtocolError(result.reason.split(":")[0], result.reason)
+        if result.status == "duplicate" and not self.tree.get(block.hash):
+            raise Ignore  # still in the orphan pool: not validated yet
         self._after_add(result, peer)
+
+    def _add(self, block: Block) -> AddResult:
+        """tree.add; a failed database write leaves memory ahead of disk, so the node stops
+        (a restart resumes from the last committed block)."""
+        try:
+            return self.tree.add(block, self.node.wall())
+        except sqlite3.Error as exc:
+            self.node.log.error(ev.NODE_ERROR, error=f"chain database write failed: {exc}")
+            self.node.stop()
+            raise Ignore from None
 
     def _after_add(self, result: AddResult, peer) -> None:
         log = self.node.log
@@ -162,6 +201,11 @@ class ChainService:
             for block in result.connected:
                 self.mempool.remove_included(block.txs)
             self.mempool.revalidate(state)
+            # orphaned txs back in the pool: announce them again (the winning side never saw them)
+            for block in reversed(result.disconnected):
+                for tx in block.txs:
+                    if tx.txid in self.mempool:
+                        self.node.publish(TOPIC_TX, tx.encode(), force=True)
 
     # -- catch-up ------------------------------------------------------------------------
     def request_sync(self, peer: str) -> None:
@@ -170,6 +214,9 @@ class ChainService:
     def _on_getblocks(self, peer: str, payload: dict) -> None:
         if len(payload["loc"]) > MAX_LOCATOR:
             raise RemoteProtocolError("bad_payload", f"locator longer than {MAX_LOCATOR}")
+        link = self.node.links.get(peer)
+        if link is None or link.queued_bytes > SYNC_BYTES:
+            return  # the last reply is still on its way: one at a time, no amplification
         out, size = [], 0
         for block in self.tree.blocks_after(payload["loc"], 500):
             wire = block.to_wire()
@@ -184,7 +231,7 @@ class ChainService:
         connected = False
         for wire in payload["b"]:
             block = Block.from_wire(wire, self.params.max_block_txs)
-            result = self.tree.add(block, self.node.wall())
+            result = self._add(block)
             if result.status == "invalid":
                 raise RemoteProtocolError(result.reason.split(":")[0], result.reason)
             self._after_add(result, peer)
@@ -229,6 +276,8 @@ class ChainService:
             self._admit(tx)
         except RemoteProtocolError as exc:
             raise ControlError(exc.reason, exc.detail) from None
+        if self.wallet is not None and tx.sender == self.node.identity.pubkey:
+            self.wallet.execute("INSERT OR REPLACE INTO own VALUES (?, ?)", (tx.txid, tx.encode()))
         self.node.publish(TOPIC_TX, tx.encode())
         return tx.txid.hex()
 

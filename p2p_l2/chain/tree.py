@@ -239,6 +239,11 @@ class BlockTree:
             return "bad_signature"
         if not block.merkle_ok():
             return "bad_merkle"
+        # txids do not cover signatures: a copy with one tx signature swapped must fail here,
+        # unremembered, or it would blacklist the genuine block.  (Cached: each tx is
+        # verified once, at mempool admission or here.)
+        if not all(tx.verify() for tx in block.txs):
+            return "invalid_tx:bad_signature"
         return None
 
     def _attach(self, block: Block) -> str | None:

@@ -108,11 +108,17 @@ class Gossip:
         return msg_id in self._seen
 
     # -- outgoing ----------------------------------------------------------------------
-    def publish(self, topic: str, data: bytes, now: float) -> tuple[bytes, list]:
-        """Originate a message; raises RemoteProtocolError if our own validator rejects it."""
+    def publish(self, topic: str, data: bytes, now: float, force: bool = False) -> tuple[bytes, list]:
+        """Originate a message; raises RemoteProtocolError if our own validator rejects it.
+
+        A message seen before is not sent again, unless `force` (e.g. txs a reorg returned
+        to the mempool): then it goes to every peer not known to have it."""
         msg_id = message_id(topic, data)
         if msg_id in self._seen:
-            return msg_id, []
+            if not force:
+                return msg_id, []
+            payload = {"id": msg_id, "t": topic, "d": data, "h": 0, "o": self.origin, "ts": now}
+            return msg_id, self._relay(payload, source=None)
         validator = self.validators.get(topic)
         if validator is not None:
             validator(data, None)

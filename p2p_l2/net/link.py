@@ -19,6 +19,7 @@ from ..wire import FrameDecoder, Session, codec, encode_frame
 
 MAX_BATCH_BYTES = 256 * 1024
 QUEUE_LIMIT = 20_000
+QUEUE_BYTES = 256 * 1024 * 1024  # a peer that lets this much pile up is dropped
 _LEN = struct.Struct(">I")
 
 # Errors that leave the stream's state unknown: the link must close.
@@ -41,6 +42,7 @@ class PeerLink:
         self._last_rx = trio.current_time()
         self._ping_n = 0
         self.close_reason = "closed"
+        self.queued_bytes = 0
         self.cancel_scope = trio.CancelScope()
         self.stats = {"frames_out": 0, "frames_in": 0, "msgs_out": 0, "msgs_in": 0,
                       "bytes_out": 0, "bytes_in": 0}
@@ -55,8 +57,12 @@ class PeerLink:
         self.send_body(codec.encode(kind, payload))
 
     def send_body(self, body: bytes) -> None:
+        if self.queued_bytes > QUEUE_BYTES:
+            self.close("send_queue_full")
+            return
         try:
             self._send.send_nowait(body)
+            self.queued_bytes += len(body)
         except trio.WouldBlock:
             self.close("send_queue_full")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -82,6 +88,7 @@ class PeerLink:
                 parts += (_LEN.pack(len(body)), body)
                 size += len(body)
                 count += 1
+            self.queued_bytes -= size
             frame = encode_frame(self.session.seal(b"".join(parts)))
             self.stats["frames_out"] += 1
             self.stats["msgs_out"] += count

@@ -34,6 +34,7 @@ from .workload import WorkloadRunner
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT = 5.0
+STABLE_LINK = 10.0  # seconds a link must last before the dial backoff starts over
 HANDSHAKE_FRAME = 4096  # largest frame before the peer is authenticated
 MAX_HANDSHAKES = 64  # unauthenticated connections at once
 TICK = 0.2  # idle housekeeping: flush the log tail, re-request timed-out gossip fetches
@@ -161,8 +162,10 @@ class Node:
             if done is None:
                 await trio.sleep(backoff.next_delay())
                 continue
-            backoff.reset()
+            started = trio.current_time()
             await self._run_link(stream, *done, addr=addr, direction="out")
+            if trio.current_time() - started > STABLE_LINK:
+                backoff.reset()  # only a link that lasted resets the backoff: no redial storms
             await trio.sleep(backoff.next_delay())
 
     async def _handshake(self, stream, addr: str, *, initiator: bool, expect: bytes | None):
@@ -322,7 +325,7 @@ class Node:
     def peers(self) -> list[dict]:
         return [self.links[n].info() for n in sorted(self.links)]
 
-    def publish(self, topic: str, data) -> dict:
+    def publish(self, topic: str, data, force: bool = False) -> dict:
         if not isinstance(topic, str) or not topic:
             raise ControlError("bad_params", "topic must be a non-empty string")
         if isinstance(data, str):
@@ -330,7 +333,7 @@ class Node:
         if not isinstance(data, bytes):
             raise ControlError("bad_params", "data must be a string or bytes")
         try:
-            msg_id, actions = self.gossip.publish(topic, data, self.wall())
+            msg_id, actions = self.gossip.publish(topic, data, self.wall(), force=force)
         except RemoteProtocolError as exc:
             raise ControlError("invalid", f"rejected by the {topic!r} validator: {exc}") from None
         if topic not in self.quiet_topics:

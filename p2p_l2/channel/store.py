@@ -1,0 +1,105 @@
+"""What a channel node must never forget, in SQLite (WAL): its channels, the latest
+state both sides signed, preimages, invoices and payments (DESIGN §2.4).
+
+Every write commits before the caller goes on, so "persist before you sign or send" is
+just "call the store first".  Rows hold msgpack blobs of the commitment module's wire forms.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgpack
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (cid BLOB PRIMARY KEY, info BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS states (cid BLOB PRIMARY KEY, seq INTEGER NOT NULL, signed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS old_states (cid BLOB, seq INTEGER, signed BLOB, PRIMARY KEY (cid, seq));
+CREATE TABLE IF NOT EXISTS preimages (hash BLOB PRIMARY KEY, preimage BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS invoices (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS payments (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tower (cid BLOB PRIMARY KEY, client TEXT, seq INTEGER, signed BLOB, info BLOB);
+"""
+
+
+def _pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(blob: bytes):
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+class ChannelStore:
+    def __init__(self, path: Path | str | None):
+        self.db = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _put(self, sql: str, *args) -> None:
+        self.db.execute(sql, args)  # autocommit: durable once this returns
+
+    # channels and their states
+    def put_channel(self, cid: bytes, info: dict) -> None:
+        self._put("INSERT OR REPLACE INTO channels VALUES (?, ?)", cid, _pack(info))
+
+    def channels(self) -> dict[bytes, dict]:
+        return {cid: _unpack(info) for cid, info in self.db.execute("SELECT cid, info FROM channels")}
+
+    def put_state(self, cid: bytes, seq: int, signed_wire: dict, keep_old: bool = False) -> None:
+        """The latest state both signed; with keep_old the previous one is archived (a node
+        only keeps old states to misbehave with them: `close-stale`)."""
+        blob = _pack(signed_wire)
+        self.db.execute("BEGIN")
+        try:
+            if keep_old:
+                self.db.execute("INSERT OR IGNORE INTO old_states SELECT cid, seq, signed FROM states"
+                                " WHERE cid = ?", (cid,))
+            self.db.execute("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", (cid, seq, blob))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def states(self) -> dict[bytes, dict]:
+        return {cid: _unpack(b) for cid, _, b in self.db.execute("SELECT cid, seq, signed FROM states")}
+
+    def old_state(self, cid: bytes, below_seq: int) -> dict | None:
+        row = self.db.execute("SELECT signed FROM old_states WHERE cid = ? AND seq < ? ORDER BY seq"
+                              " LIMIT 1", (cid, below_seq)).fetchone()
+        return _unpack(row[0]) if row else None
+
+    # preimages, invoices, payments
+    def put_preimage(self, h: bytes, preimage: bytes) -> None:
+        self._put("INSERT OR REPLACE INTO preimages VALUES (?, ?)", h, preimage)
+
+    def preimage(self, h: bytes) -> bytes | None:
+        row = self.db.execute("SELECT preimage FROM preimages WHERE hash = ?", (h,)).fetchone()
+        return row[0] if row else None
+
+    def put_invoice(self, h: bytes, info: dict) -> None:
+        self._put("INSERT OR REPLACE INTO invoices VALUES (?, ?)", h, _pack(info))
+
+    def invoice(self, h: bytes) -> dict | None:
+        row = self.db.execute("SELECT info FROM invoices WHERE hash = ?", (h,)).fetchone()
+        return _unpack(row[0]) if row else None
+
+    def put_payment(self, h: bytes, info: dict) -> None:
+        self._put("INSERT OR REPLACE INTO payments VALUES (?, ?)", h, _pack(info))
+
+    def payments(self) -> dict[bytes, dict]:
+        return {h: _unpack(i) for h, i in self.db.execute("SELECT hash, info FROM payments")}
+
+    # watchtower
+    def put_tower_state(self, cid: bytes, client: str, seq: int, signed_wire: dict, info: dict) -> None:
+        self._put("INSERT OR REPLACE INTO tower VALUES (?, ?, ?, ?, ?)",
+                  cid, client, seq, _pack(signed_wire), _pack(info))
+
+    def tower_states(self) -> dict[bytes, tuple[str, int, dict, dict]]:
+        return {cid: (client, seq, _unpack(s), _unpack(i))
+                for cid, client, seq, s, i in self.db.execute("SELECT * FROM tower")}
