@@ -44,6 +44,7 @@ CHAIN_REORG = "chain.reorg"
 CHAIN_LOADED = "chain.loaded"
 TX_ACCEPTED = "tx.accepted"
 # channels (issue 4)
+CHANNEL_OPENING = "channel.opening"
 CHANNEL_OPENED = "channel.opened"
 CHANNEL_UPDATED = "channel.updated"
 CHANNEL_CLOSING = "channel.closing"
@@ -88,6 +89,7 @@ CATALOGUE: dict[str, str] = {
     CHAIN_REORG: "the best chain switched branches (depth, old_tip, new_tip, height)",
     CHAIN_LOADED: "layer 1 opened from the node's database at start (height, tip, blocks)",
     TX_ACCEPTED: "a transaction entered the mempool (txid)",
+    CHANNEL_OPENING: "the opener posted a channel's funding to L1 (channel_id, peer, txid, capacity)",
     CHANNEL_OPENED: "a channel is usable (channel_id, peer, capacity)",
     CHANNEL_UPDATED: "a channel state was committed (channel_id, seq)",
     CHANNEL_CLOSING: "a channel close was posted to L1 (channel_id, kind)",

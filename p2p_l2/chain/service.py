@@ -69,6 +69,7 @@ class ChainService:
                               max_block_txs=self.params.max_block_txs,
                               block_reward=self.params.block_reward, store=store)
         self.mempool = Mempool(net=self.net, min_fee=1)  # no free rides: spam costs coins
+        self.on_tip: list = []  # callbacks after the active chain changed (layer-2 watchers)
         node.gossip.add_validator(TOPIC_TX, self._on_tx)
         node.quiet_topics.add(TOPIC_TX)  # tx.accepted on every node tells the whole story
         node.gossip.add_validator(TOPIC_BLOCK, self._on_block, inventory=True)
@@ -206,6 +207,8 @@ class ChainService:
                 for tx in block.txs:
                     if tx.txid in self.mempool:
                         self.node.publish(TOPIC_TX, tx.encode(), force=True)
+            for callback in self.on_tip:
+                callback()
 
     # -- catch-up ------------------------------------------------------------------------
     def request_sync(self, peer: str) -> None:
@@ -270,6 +273,13 @@ class ChainService:
         nonce = self.mempool.next_nonce(self.tree.state, me.pubkey)
         tx = transfer(me, self.net, self._account(to), amount, nonce, fee)
         return {"txid": self._submit_one(tx)}
+
+    def next_nonce(self) -> int:
+        return self.mempool.next_nonce(self.tree.state, self.node.identity.pubkey)
+
+    def submit_own(self, build) -> str:
+        """Build one of our own txs with `build(nonce)` and submit it; raises ControlError."""
+        return self._submit_one(build(self.next_nonce()))
 
     def _submit_one(self, tx: Tx) -> str:
         try:

@@ -20,6 +20,7 @@ import trio
 
 from .. import events as ev
 from ..chain.service import ChainService
+from ..channel.service import ChannelService
 from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
 from ..faults.links import LinkFaults
@@ -74,6 +75,8 @@ class Node:
         self.services: list[Callable] = []
         self.status_hooks: list[Callable[[], dict]] = []
         self.on_connect: list[Callable[[str], None]] = []  # called with the peer's name
+        self.on_disconnect: list[Callable[[str], None]] = []
+        self.misbehaviours: set[str] = set()  # byzantine behaviours switched on (SPEC §5)
         self.quiet_topics: set[str] = set()  # topics whose layer logs its own events instead
         self.control = ControlRegistry(on_error=self._control_failed)
         self.control_server = (ControlServer(self.control, token, control_port,
@@ -85,6 +88,7 @@ class Node:
         self.faults = LinkFaults()
         self.workloads = WorkloadRunner(self)
         self.chain = ChainService(self)  # every node validates layer 1
+        self.channels = ChannelService(self) if "channels" in self.spec.roles else None
         for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
                            "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
@@ -124,6 +128,9 @@ class Node:
             self.log.info(ev.NODE_STOPPED)
             self.log.flush()
             self.stopped.set()
+
+    def misbehaving(self, behaviour: str) -> bool:
+        return behaviour in self.misbehaviours
 
     def spawn(self, fn, *args) -> None:
         """Run a background task in the node's nursery (it ends with the node)."""
@@ -230,6 +237,8 @@ class Node:
             del self.links[name]
             self._execute(self.gossip.remove_peer(name))
             self._notify_links()
+            for callback in self.on_disconnect:
+                callback(name)
         self.log.info(ev.PEER_DISCONNECTED, peer=name, reason=reason)
 
     def _notify_links(self) -> None:

@@ -1,0 +1,693 @@
+"""Payment channels on a node (role `channels`): the trio edge around the sans-IO pieces.
+
+Opening: A sends `ch_open`; B countersigns the open terms and the first state
+(`ch_accept`); A posts the `channel.open` call on L1 and sends its signature on the first
+state (`ch_funded`).  Both persist that state before anything depends on it, and treat the
+channel as open once the L1 record is `confirmations` deep; A then announces it on gossip
+(topic `chan`) so every node can route over it.  Updates run through `machine.Channel`;
+its `Persist` actions are written to SQLite before the `Send`s that follow them.
+Payments: `invoice.create` at the payee, `pay` at the payer: a route over the gossiped
+graph, an onion sealed hop by hop, HTLCs with decreasing expiries, the preimage back along
+the path (persisted before it is passed upstream), failures back with a reason, retries
+that exclude the failing channel.  Closing: cooperative (`ch_close` / `ch_close_sig`) or
+forced; after a forced close both sides settle once the dispute window passed, and either
+side challenges a close that posted a state older than its own.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+import msgpack
+import trio
+
+from .. import events as ev
+from ..chain.contracts import channel as contract
+from ..errors import ControlError, LocalProtocolError, P2PL2Error, RemoteProtocolError
+from ..gossip import Ignore
+from ..wire import codec, verify
+from ..wire.codec import Bytes, fields
+from . import machine as m
+from .commitment import A, B, ChannelState, SignedState, open_digest, payment_hash, sign_state
+from .invoice import Invoice, new_invoice
+from .onion import build as build_onion
+from .onion import peel
+from .routing import ChannelGraph, NoRoute, Policy, route_hops_for_onion
+from .store import ChannelStore
+
+TOPIC_CHAN = "chan"
+DEFAULT_POLICY = (1, 1000, None)  # base fee, fee ppm, expiry delta (None: [channels].htlc_delta)
+FINAL_DELTA = 9  # blocks the payee wants before its HTLC expires
+MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
+PAY_ATTEMPTS = 4
+
+codec.register("ch_open", fields(cid=Bytes(32), fa=int, fb=int, push=int, dispute=int))
+codec.register("ch_accept", fields(cid=Bytes(32), sig_open=Bytes(64), sig_state=Bytes(64)))
+codec.register("ch_funded", fields(cid=Bytes(32), sig_state=Bytes(64)))
+codec.register("ch_refuse", fields(cid=Bytes(32), reason=str))
+codec.register("ch_close", fields(cid=Bytes(32), seq=int, sig=Bytes(64)))
+codec.register("ch_close_sig", fields(cid=Bytes(32), seq=int, sig=Bytes(64)))
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+@dataclass
+class Chan:
+    """What the service knows of one of its channels besides the machine's state."""
+
+    cid: bytes
+    peer: str
+    party: int
+    fund_a: int
+    fund_b: int
+    status: str  # opening | open | closing | closed
+    signed: SignedState | None = None
+    machine: m.Channel | None = None
+    closing: dict = field(default_factory=dict)  # kind, txid, posted...
+
+    def info(self) -> dict:
+        return {"peer": self.peer, "party": self.party, "fund_a": self.fund_a,
+                "fund_b": self.fund_b, "status": self.status, "closing": self.closing}
+
+
+@dataclass
+class Payment:
+    payment_hash: bytes
+    amount: int
+    done: trio.Event = field(default_factory=trio.Event)
+    preimage: bytes | None = None
+    error: str | None = None
+    failed_cid: bytes | None = None
+
+
+class ChannelService:
+    def __init__(self, node):
+        self.node = node
+        self.chain = node.chain
+        cfg = node.config
+        self.params = cfg.channels
+        self.net = cfg.cluster.name
+        self.confirmations = cfg.chain.confirmations
+        base, ppm, delta = DEFAULT_POLICY
+        self.policy = Policy(base, ppm, delta or self.params.htlc_delta)
+        self.store = ChannelStore(node.data_dir / "channels.sqlite" if node.data_dir else None)
+        self.graph = ChannelGraph()
+        self.channels: dict[bytes, Chan] = {}
+        self.payments: dict[bytes, Payment] = {}  # by payment hash, our own
+        self.outgoing: dict[tuple[bytes, int], tuple[bytes, int] | bytes] = {}
+        self._load()
+        for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
+            node.handlers[kind] = self._on_machine_msg(kind)
+        for kind in ("ch_open", "ch_accept", "ch_funded", "ch_refuse", "ch_close", "ch_close_sig"):
+            node.handlers[kind] = getattr(self, "_on_" + kind)
+        node.gossip.add_validator(TOPIC_CHAN, self._on_announcement)
+        node.on_connect.append(self._peer_up)
+        node.on_disconnect.append(self._peer_down)
+        self.chain.on_tip.append(self._on_tip)
+        node.status_hooks.append(self._status)
+        node.services.append(self.run)
+        node.workloads.register("payments", self._workload_payment)
+        for method, fn in {"channel.open": self.open, "channel.list": self.list,
+                           "channel.close": self.close, "invoice.create": self.invoice,
+                           "pay": self.pay, "keysend": self.keysend,
+                           "graph": self.graph_info}.items():
+            node.control.register(method, fn)
+
+    # -- persistence ---------------------------------------------------------------------
+    def _load(self) -> None:
+        states = self.store.states()
+        for cid, info in self.store.channels().items():
+            ch = Chan(cid, info["peer"], info["party"], info["fund_a"], info["fund_b"],
+                      info["status"], closing=info.get("closing", {}))
+            if cid in states:
+                ch.signed = SignedState.from_wire(states[cid])
+            self.channels[cid] = ch
+            if ch.status in ("opening", "open") and ch.signed is not None:
+                self._make_machine(ch)
+
+    def _save(self, ch: Chan) -> None:
+        self.store.put_channel(ch.cid, ch.info())
+
+    def _pks(self, ch: Chan) -> tuple[bytes, bytes]:
+        me, peer = self.node.identity.pubkey, self.node.pubkeys[ch.peer]
+        return (me, peer) if ch.party == A else (peer, me)
+
+    # -- background ----------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        self._on_tip()
+        while True:
+            await trio.sleep(30)
+            for ch in list(self.channels.values()):
+                if ch.status == "open" and ch.party == A:
+                    self._announce(ch, force=True)
+
+    def _peer_up(self, peer: str) -> None:
+        for ch in self.channels.values():
+            if ch.peer == peer and ch.machine is not None:
+                self._run_actions(ch, ch.machine.on_reconnect())
+
+    def _peer_down(self, peer: str) -> None:
+        for ch in self.channels.values():
+            if ch.peer == peer and ch.machine is not None:
+                ch.machine.on_disconnect()
+
+    # -- opening -------------------------------------------------------------------------
+    def open(self, peer: str, funding, push: int = 0) -> dict:
+        if peer not in self.node.pubkeys or peer == self.node.name:
+            raise ControlError("bad_params", f"{peer!r} is not another node of the cluster")
+        if "channels" not in self.node.config.node(peer).roles:
+            raise ControlError("bad_params", f"{peer} does not have the channels role")
+        fa, fb = (funding, 0) if type(funding) is int else tuple(funding) if isinstance(
+            funding, list) and len(funding) == 2 else (None, None)
+        if not all(type(x) is int and x >= 0 for x in (fa, fb, push)) or fa + fb <= 0 or push > fa:
+            raise ControlError("bad_params", "funding: an amount or [ours, theirs] (>= 0, sum > 0); "
+                               "0 <= push <= ours")
+        if self.chain.balance()["balance"] < fa + 1:
+            raise ControlError("insufficient_funds", f"need {fa} + fee on layer 1")
+        if peer not in self.node.links:
+            raise ControlError("unavailable", f"not connected to {peer}")
+        cid = blake2b(self.node.identity.pubkey + self.node.pubkeys[peer] + secrets.token_bytes(16),
+                      digest_size=32).digest()
+        ch = Chan(cid, peer, A, fa, fb, "opening")
+        ch.closing = {"push": push}
+        self.channels[cid] = ch
+        self._save(ch)
+        self.node.send(peer, "ch_open", {"cid": cid, "fa": fa, "fb": fb, "push": push,
+                                         "dispute": self.params.dispute_blocks})
+        return {"channel_id": _hex(cid)}
+
+    def _state0(self, cid: bytes, fa: int, fb: int, push: int) -> ChannelState:
+        return ChannelState(cid, 0, fa - push, fb + push, ())
+
+    def _on_ch_open(self, peer: str, p: dict) -> None:
+        cid, fa, fb, push = p["cid"], p["fa"], p["fb"], p["push"]
+        reason = None
+        if "channels" not in self.node.spec.roles:
+            reason = "no channels role"
+        elif cid in self.channels:
+            reason = "channel id in use"
+        elif min(fa, fb, push) < 0 or fa + fb <= 0 or push > fa or p["dispute"] != self.params.dispute_blocks:
+            reason = "bad terms"
+        elif self.chain.balance()["balance"] < fb:
+            reason = "insufficient_funds"
+        if reason:
+            self.node.send(peer, "ch_refuse", {"cid": cid, "reason": reason})
+            return
+        me, them = self.node.identity, self.node.pubkeys[peer]
+        state = self._state0(cid, fa, fb, push)
+        ch = Chan(cid, peer, B, fa, fb, "opening")
+        ch.closing = {"sig_b": sign_state(me, state, self.net), "push": push}
+        self.channels[cid] = ch
+        self._save(ch)
+        sig_open = me.sign(open_digest(self.net, cid, them, me.pubkey, fa, fb, p["dispute"]))
+        self.node.send(peer, "ch_accept", {"cid": cid, "sig_open": sig_open,
+                                           "sig_state": ch.closing["sig_b"]})
+
+    def _on_ch_accept(self, peer: str, p: dict) -> None:
+        ch = self._mine(peer, p["cid"], "opening", A)
+        state = self._state0(ch.cid, ch.fund_a, ch.fund_b, ch.closing.get("push", 0))
+        pk_a, pk_b = self._pks(ch)
+        if not verify(pk_b, state.digest(self.net), p["sig_state"]):
+            raise RemoteProtocolError("bad_signature", "first state")
+        me = self.node.identity
+        ch.signed = SignedState(state, sign_state(me, state, self.net), p["sig_state"])
+        self.store.put_state(ch.cid, 0, ch.signed.to_wire())  # before the funds are locked
+        ch.closing = {}
+        self._save(ch)
+        try:
+            txid = self.chain.submit_own(lambda n: contract.open_tx(
+                me, self.net, ch.cid, pk_b, ch.fund_a, ch.fund_b, self.params.dispute_blocks,
+                p["sig_open"], n))
+        except ControlError as exc:
+            ch.status = "closed"
+            self._save(ch)
+            self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="open_failed",
+                                  reason=exc.code)
+            return
+        self.node.send(peer, "ch_funded", {"cid": ch.cid, "sig_state": ch.signed.sig_a})
+        self._start_machine(ch)
+        self.node.log.info(ev.CHANNEL_OPENING, channel_id=_hex(ch.cid), peer=peer, txid=txid,
+                           capacity=ch.fund_a + ch.fund_b)
+
+    def _on_ch_funded(self, peer: str, p: dict) -> None:
+        ch = self._mine(peer, p["cid"], "opening", B)
+        state = self._state0(ch.cid, ch.fund_a, ch.fund_b, ch.closing.get("push", 0))
+        pk_a, pk_b = self._pks(ch)
+        if not verify(pk_a, state.digest(self.net), p["sig_state"]):
+            raise RemoteProtocolError("bad_signature", "first state")
+        ch.signed = SignedState(state, p["sig_state"], ch.closing["sig_b"])
+        self.store.put_state(ch.cid, 0, ch.signed.to_wire())
+        ch.closing = {}
+        self._save(ch)
+        self._start_machine(ch)
+
+    def _on_ch_refuse(self, peer: str, p: dict) -> None:
+        ch = self.channels.get(p["cid"])
+        if ch is not None and ch.peer == peer and ch.status == "opening":
+            ch.status = "closed"
+            self._save(ch)
+            self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="refused",
+                                  reason=p["reason"][:200])
+
+    def _mine(self, peer: str, cid: bytes, status: str, party: int | None = None) -> Chan:
+        ch = self.channels.get(cid)
+        if ch is None or ch.peer != peer or ch.status != status or (
+                party is not None and ch.party != party):
+            raise RemoteProtocolError("unknown_channel", f"{cid.hex()[:16]} ({status})")
+        return ch
+
+    # -- layer 1 watching -----------------------------------------------------------------
+    def _on_tip(self) -> None:
+        """After each change of the best chain: confirm opens, follow closes, settle,
+        challenge stale closes, and feed the height to the machines."""
+        tree = self.chain.tree
+        height = tree.height
+        for ch in list(self.channels.values()):
+            try:
+                self._watch(ch, height, tree.state)
+            except P2PL2Error as exc:  # one channel's trouble must not stop the others
+                self.node.log.warning(ev.NODE_ERROR, channel_id=_hex(ch.cid), error=str(exc))
+
+    def _watch(self, ch: Chan, height: int, state) -> None:
+        if ch.machine is not None:
+            ch.machine.set_height(height)
+        rec = contract.channel_record(state, ch.cid)
+        if rec is None:
+            return
+        if ch.status == "opening" and ch.signed is not None:
+            if rec["status"] == "open" and height - rec["opened_at"] + 1 >= self.confirmations:
+                ch.status = "open"
+                self._save(ch)
+                self.node.log.info(ev.CHANNEL_OPENED, channel_id=_hex(ch.cid), peer=ch.peer,
+                                   capacity=ch.fund_a + ch.fund_b, party="ab"[ch.party])
+                if ch.party == A:
+                    self._announce(ch)
+            return
+        if rec["status"] in ("closing", "settled", "closed") and ch.status in ("open", "closing"):
+            if ch.status == "open":
+                self._closed_by_chain(ch, rec)
+            self._follow_close(ch, rec, height)
+
+    def _closed_by_chain(self, ch: Chan, rec: dict) -> None:
+        ch.status = "closing"
+        ch.closing.setdefault("kind", "coop" if rec["status"] == "closed" else "force")
+        self._save(ch)
+        self.graph.remove_channel(ch.cid)
+        self.node.log.info(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind=ch.closing["kind"],
+                           by="chain", seq=rec.get("seq"))
+
+    def _follow_close(self, ch: Chan, rec: dict, height: int) -> None:
+        mine = ch.signed.state.seq if ch.signed else 0
+        if rec["status"] == "closing":
+            stale = rec.get("closer") != ch.party and rec.get("seq", 0) < mine
+            if stale and not ch.closing.get("challenged"):
+                ch.closing["challenged"] = self.chain.submit_own(lambda n: contract.challenge_tx(
+                    self.node.identity, self.net, ch.cid, ch.signed, n))
+                self._save(ch)
+                self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="challenge",
+                                      posted_seq=rec.get("seq"), our_seq=mine)
+            elif height >= rec["dispute_until"] and not ch.closing.get("settle"):
+                ch.closing["settle"] = self.chain.submit_own(lambda n: contract.settle_tx(
+                    self.node.identity, self.net, ch.cid, n))
+                self._save(ch)
+            return
+        ch.status = "closed"
+        self._save(ch)
+        if rec.get("penalized"):
+            self.node.log.warning(ev.CHANNEL_PENALIZED, channel_id=_hex(ch.cid),
+                                  victim="ab"[1 - rec["closer"]], total=rec["total"])
+        self.node.log.info(ev.CHANNEL_SETTLED, channel_id=_hex(ch.cid), penalized=rec.get("penalized"),
+                           bal_a=rec.get("bal_a"), bal_b=rec.get("bal_b"))
+
+    # -- the graph -----------------------------------------------------------------------
+    def _announce(self, ch: Chan, force: bool = False) -> None:
+        a, b = self._pks(ch)
+        ann = {"cid": ch.cid, "a": a, "b": b, "cap": ch.fund_a + ch.fund_b,
+               "pol": list(self.policy)}
+        self.node.publish(TOPIC_CHAN, msgpack.packb(ann, use_bin_type=True), force=force)
+        self._add_to_graph(ann)
+
+    def _add_to_graph(self, ann: dict) -> None:
+        pol = tuple(ann["pol"])
+        self.graph.add_channel(ann["cid"], ann["a"], ann["b"], ann["cap"], pol, pol)
+
+    def _on_announcement(self, data: bytes, peer) -> None:
+        if peer is None:
+            return
+        try:
+            ann = msgpack.unpackb(data, raw=False)
+            cid, a, b, cap, pol = ann["cid"], ann["a"], ann["b"], ann["cap"], ann["pol"]
+        except Exception:
+            raise RemoteProtocolError("bad_announcement", "malformed") from None
+        rec = contract.channel_record(self.chain.tree.state, cid) if type(cid) is bytes else None
+        if rec is None:
+            raise Ignore  # not on our chain yet (or never): no judgement, no relay
+        if (rec["status"] != "open" or rec["a"] != a or rec["b"] != b or rec["total"] != cap
+                or type(pol) is not list or len(pol) != 3):
+            raise RemoteProtocolError("bad_announcement", "does not match the L1 record")
+        try:
+            self._add_to_graph(ann)
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError("bad_announcement", str(exc)) from None
+
+    def graph_info(self) -> dict:
+        g = self.graph.to_dict()
+        names = self.node.names
+        for c in g["channels"]:
+            for k in ("a", "b"):
+                c[k] = names.get(bytes.fromhex(c[k]), c[k])
+        g["nodes"] = [names.get(bytes.fromhex(n), n) for n in g["nodes"]]
+        return g
+
+    # -- the machines ----------------------------------------------------------------------
+    def _start_machine(self, ch: Chan) -> None:
+        """Both sides build the machine once the first state is signed, and sync at once
+        (ch_sync crosses ch_funded in order on the link), so updates can flow as soon as
+        either side sees the open confirmed."""
+        self._make_machine(ch)
+        if ch.peer in self.node.links:
+            self._run_actions(ch, ch.machine.on_reconnect())
+
+    def _make_machine(self, ch: Chan) -> None:
+        ch.machine = m.Channel(self.net, ch.cid, self.node.identity, ch.party,
+                               self.node.pubkeys[ch.peer], ch.signed,
+                               max_htlcs=self.params.max_htlcs, min_expiry_delta=MIN_DELTA,
+                               height=self.chain.tree.height)
+        if ch.status == "open" and ch.party == A and ch.cid not in self.graph:
+            self._add_to_graph({"cid": ch.cid, "a": self._pks(ch)[0], "b": self._pks(ch)[1],
+                                "cap": ch.fund_a + ch.fund_b, "pol": list(self.policy)})
+
+    def _on_machine_msg(self, kind: str):
+        def handle(peer: str, payload: dict) -> None:
+            ch = self.channels.get(payload.get("cid"))
+            if ch is None or ch.peer != peer or ch.machine is None:
+                raise RemoteProtocolError("unknown_channel", kind)
+            self._run_actions(ch, ch.machine.receive(kind, payload))
+        return handle
+
+    def _run_actions(self, ch: Chan, actions: list) -> None:
+        """Carry out a machine's actions in order: a Persist is on disk before what follows."""
+        for act in actions:
+            t = type(act)
+            if t is m.Send:
+                self.node.send(ch.peer, act.kind, act.payload)
+            elif t is m.Persist:
+                ch.signed = act.signed
+                self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire(),
+                                     keep_old=self._keep_old)
+            elif t is m.Committed:
+                pass
+            elif t is m.HtlcAdded:
+                self._on_htlc_added(ch, act.htlc, act.onion)
+            elif t is m.HtlcFulfilled:
+                self._on_htlc_settled(ch, act.id, preimage=act.preimage)
+            elif t in (m.HtlcFailed, m.OpRejected):
+                hid = act.id if t is m.HtlcFailed else getattr(act.op, "id", None)
+                if t is m.OpRejected and not isinstance(act.op, m.AddHtlc):
+                    continue
+                self._on_htlc_settled(ch, hid, reason=act.reason)
+            elif t is m.Rejected:
+                self.node.log.warning(ev.MSG_REJECTED, peer=ch.peer, reason=act.error.reason,
+                                      detail=act.error.detail, kind=act.kind,
+                                      channel_id=_hex(ch.cid))
+        more = ch.machine.flush()
+        if more:
+            self._run_actions(ch, more)
+
+    _keep_old = False  # `close-stale` misbehaviour keeps old states to close with
+
+    # -- payments ------------------------------------------------------------------------
+    def invoice(self, amount: int, memo: str = "") -> dict:
+        if type(amount) is not int or amount <= 0:
+            raise ControlError("bad_params", "amount must be a positive integer")
+        inv, preimage = new_invoice(self.node.identity, amount, secrets.token_bytes(32),
+                                    created=self.node.wall(), expiry_delta=FINAL_DELTA,
+                                    memo=str(memo)[:100])
+        self.store.put_preimage(inv.payment_hash, preimage)
+        self.store.put_invoice(inv.payment_hash, {"amount": amount, "paid": False})
+        return {"invoice": inv.encode(self.node.identity), "payment_hash": _hex(inv.payment_hash)}
+
+    async def pay(self, invoice: str, timeout: float = 30.0) -> dict:
+        try:
+            inv = Invoice.decode(invoice)
+        except RemoteProtocolError as exc:
+            raise ControlError("bad_invoice", exc.detail) from None
+        return await self.send_payment(inv.payee, inv.amount, inv.payment_hash, inv.expiry_delta,
+                                       timeout=timeout)
+
+    async def keysend(self, to: str, amount: int, timeout: float = 30.0) -> dict:
+        """Pay `to` without an invoice: the preimage rides to the payee in the onion."""
+        if to not in self.node.pubkeys:
+            raise ControlError("bad_params", f"unknown node {to!r}")
+        preimage = secrets.token_bytes(32)
+        return await self.send_payment(self.node.pubkeys[to], amount, payment_hash(preimage),
+                                       FINAL_DELTA, secret=preimage, timeout=timeout)
+
+    async def send_payment(self, payee: bytes, amount: int, h: bytes, final_delta: int,
+                           secret: bytes | None = None, timeout: float = 30.0) -> dict:
+        me = self.node.identity.pubkey
+        if payee == me:
+            raise ControlError("bad_params", "that payment is to ourselves")
+        if h in self.payments:
+            raise ControlError("duplicate_payment", "this payment is in progress")
+        t0 = trio.current_time()
+        self.node.log.info(ev.PAYMENT_SENT, payment_hash=_hex(h), amount=amount,
+                           payee=self.node.names.get(payee, _hex(payee)))
+        exclude: set = set()
+        error, route = "no_route", None
+        with trio.move_on_after(timeout) as scope:
+            for _ in range(PAY_ATTEMPTS):
+                try:
+                    route = self.graph.find_route(me, payee, amount, final_delta,
+                                                  self.chain.tree.height, exclude=exclude)
+                except NoRoute as exc:
+                    error = f"no_route: {exc.reason}" if route is None else f"{error} (no other route)"
+                    break
+                pay = await self._attempt(h, amount, route, secret)
+                if pay.preimage is not None:
+                    return self._paid(h, amount, route, t0)
+                error = pay.error or "failed"
+                if pay.failed_cid is None or pay.failed_cid in exclude:
+                    break
+                exclude.add(pay.failed_cid)
+        if scope.cancelled_caught:
+            error = "timeout"
+        self.payments.pop(h, None)
+        self.node.log.warning(ev.PAYMENT_FAILED, payment_hash=_hex(h), reason=error,
+                              latency=trio.current_time() - t0)
+        return {"status": "failed", "payment_hash": _hex(h), "error": error,
+                "route": self._names(route), "fee": route.fee if route else 0}
+
+    def _names(self, route) -> list[str]:
+        if route is None:
+            return []
+        return [self.node.names.get(n, _hex(n)) for n in route.nodes]
+
+    def _paid(self, h: bytes, amount: int, route, t0: float) -> dict:
+        self.payments.pop(h, None)
+        latency = trio.current_time() - t0
+        self.node.log.info(ev.PAYMENT_SUCCEEDED, payment_hash=_hex(h), latency=latency,
+                           fee=route.fee, hops=len(route.hops), amount=amount)
+        return {"status": "succeeded", "payment_hash": _hex(h), "route": self._names(route),
+                "fee": route.fee}
+
+    async def _attempt(self, h: bytes, amount: int, route, secret: bytes | None) -> Payment:
+        first = route.hops[0]
+        ch = self.channels.get(first.cid)
+        pay = Payment(h, amount)
+        if ch is None or ch.machine is None or ch.status != "open":
+            pay.error, pay.failed_cid = "channel_unavailable", first.cid
+            return pay
+        onion = build_onion(route_hops_for_onion(route, payment_hash=h, secret=secret), assoc=h)
+        try:
+            hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
+        except (m.InvalidOp, LocalProtocolError) as exc:
+            pay.error, pay.failed_cid = f"local: {getattr(exc, 'reason', exc)}", first.cid
+            return pay
+        self.payments[h] = pay
+        self.outgoing[(ch.cid, hid)] = h
+        self._run_actions(ch, [])
+        await pay.done.wait()
+        return pay
+
+    def _on_htlc_added(self, ch: Chan, htlc, onion: bytes) -> None:
+        """The peer offered us an HTLC: we are the payee, or we forward it."""
+        try:
+            payload, next_onion = peel(self.node.identity, onion, assoc=htlc.payment_hash)
+        except RemoteProtocolError:
+            ch.machine.fail_htlc(htlc.id, "bad_onion")
+            return
+        if payload.get("final"):
+            secret = payload.get("secret")
+            if secret is not None and payment_hash(secret) == htlc.payment_hash:  # keysend
+                self.store.put_preimage(htlc.payment_hash, secret)
+                self.store.put_invoice(htlc.payment_hash, {"amount": payload["amt"], "paid": False})
+            preimage = self.store.preimage(htlc.payment_hash)
+            inv = self.store.invoice(htlc.payment_hash)
+            if preimage is None or inv is None:
+                ch.machine.fail_htlc(htlc.id, "unknown_payment_hash")
+            elif htlc.amount < inv["amount"] or htlc.amount < payload["amt"]:
+                ch.machine.fail_htlc(htlc.id, "amount_too_low")
+            elif self.node.misbehaving("withhold-preimage"):
+                return  # hold it: the payer's HTLC expires unresolved off chain
+            else:
+                ch.machine.fulfill_htlc(htlc.id, preimage)
+                inv["paid"] = True
+                self.store.put_invoice(htlc.payment_hash, inv)
+            return
+        out = self._channel_to(payload["next"], payload.get("cid"))
+        fee = htlc.amount - payload["amt"]
+        if out is None:
+            ch.machine.fail_htlc(htlc.id, "unknown_next_peer")
+        elif fee < self.policy.fee(payload["amt"]):
+            ch.machine.fail_htlc(htlc.id, "fee_insufficient")
+        elif htlc.expiry - payload["exp"] < self.policy.expiry_delta:
+            ch.machine.fail_htlc(htlc.id, "expiry_too_soon")
+        else:
+            try:
+                out_id = out.machine.add_htlc(payload["amt"], htlc.payment_hash, payload["exp"],
+                                              next_onion or b"")
+            except (m.InvalidOp, LocalProtocolError) as exc:
+                ch.machine.fail_htlc(htlc.id, f"temporary_channel_failure:{getattr(exc, 'reason', '')}")
+                return
+            self.outgoing[(out.cid, out_id)] = (ch.cid, htlc.id)
+            self._run_actions(out, [])
+
+    def _channel_to(self, pubkey: bytes, cid: bytes | None) -> Chan | None:
+        peer = self.node.names.get(pubkey)
+        if cid is not None and cid in self.channels:
+            ch = self.channels[cid]
+            return ch if ch.peer == peer and ch.status == "open" and ch.machine else None
+        for ch in self.channels.values():
+            if ch.peer == peer and ch.status == "open" and ch.machine is not None:
+                return ch
+        return None
+
+    def _on_htlc_settled(self, ch: Chan, hid: int, preimage: bytes | None = None,
+                         reason: str | None = None) -> None:
+        """An HTLC we offered was fulfilled or failed: finish our payment or pass it upstream."""
+        src = self.outgoing.pop((ch.cid, hid), None)
+        if src is None:
+            return
+        if isinstance(src, bytes):  # our own payment
+            pay = self.payments.get(src)
+            if pay is not None:
+                pay.preimage = preimage
+                if preimage is None:
+                    pay.error, pay.failed_cid = reason, ch.cid if reason and reason.startswith(
+                        ("temporary", "local", "unknown_next")) else pay.failed_cid
+                    if reason and "temporary_channel_failure" in reason:
+                        pay.failed_cid = ch.cid
+                pay.done.set()
+            return
+        in_cid, in_id = src
+        upstream = self.channels.get(in_cid)
+        if upstream is None or upstream.machine is None:
+            return
+        if preimage is not None:
+            self.store.put_preimage(payment_hash(preimage), preimage)  # before passing it on
+            upstream.machine.fulfill_htlc(in_id, preimage)
+        else:
+            upstream.machine.fail_htlc(in_id, reason or "failed")
+        self._run_actions(upstream, [])
+
+    # -- closing -------------------------------------------------------------------------
+    def close(self, channel_id: str, force: bool = False) -> dict:
+        ch = self._by_hex(channel_id)
+        if ch.status != "open":
+            raise ControlError("bad_state", f"channel is {ch.status}")
+        if force or ch.peer not in self.node.links:
+            return self._force_close(ch)
+        if ch.signed.state.htlcs or (ch.machine and ch.machine.in_flight):
+            raise ControlError("pending_htlcs", "settle or fail pending HTLCs first (or force)")
+        final = ChannelState(ch.cid, ch.signed.state.seq + 1, ch.signed.state.bal_a,
+                             ch.signed.state.bal_b, ())
+        ch.closing = {"kind": "coop", "final": final.to_wire()}
+        ch.status = "closing"
+        self._save(ch)
+        self.node.send(ch.peer, "ch_close", {"cid": ch.cid, "seq": final.seq,
+                                             "sig": sign_state(self.node.identity, final, self.net)})
+        return {"txid": None, "status": "closing"}
+
+    def _force_close(self, ch: Chan, signed: SignedState | None = None) -> dict:
+        signed = signed or ch.signed
+        txid = self.chain.submit_own(lambda n: contract.force_close_tx(
+            self.node.identity, self.net, ch.cid, signed, n))
+        ch.status = "closing"
+        ch.closing = {"kind": "force", "txid": txid, "seq": signed.state.seq}
+        self._save(ch)
+        self.graph.remove_channel(ch.cid)
+        self.node.log.info(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="force", txid=txid,
+                           seq=signed.state.seq)
+        return {"txid": txid}
+
+    def _final_state(self, ch: Chan, seq: int) -> ChannelState:
+        s = ch.signed.state
+        if s.htlcs or seq != s.seq + 1:
+            raise RemoteProtocolError("bad_close", "pending HTLCs or a wrong seq")
+        return ChannelState(ch.cid, seq, s.bal_a, s.bal_b, ())
+
+    def _on_ch_close(self, peer: str, p: dict) -> None:
+        ch = self._mine(peer, p["cid"], "open")
+        final = self._final_state(ch, p["seq"])
+        if not verify(self.node.pubkeys[peer], final.digest(self.net), p["sig"]):
+            raise RemoteProtocolError("bad_signature", "close")
+        mine = sign_state(self.node.identity, final, self.net)
+        ch.status = "closing"
+        ch.closing = {"kind": "coop"}
+        self._save(ch)
+        self.graph.remove_channel(ch.cid)
+        self.node.send(peer, "ch_close_sig", {"cid": ch.cid, "seq": final.seq, "sig": mine})
+
+    def _on_ch_close_sig(self, peer: str, p: dict) -> None:
+        ch = self._mine(peer, p["cid"], "closing")
+        final = ChannelState.from_wire(ch.closing["final"])
+        if p["seq"] != final.seq or not verify(self.node.pubkeys[peer], final.digest(self.net), p["sig"]):
+            raise RemoteProtocolError("bad_signature", "close")
+        mine = sign_state(self.node.identity, final, self.net)
+        sa, sb = (mine, p["sig"]) if ch.party == A else (p["sig"], mine)
+        signed = SignedState(final, sa, sb)
+        txid = self.chain.submit_own(lambda n: contract.close_tx(
+            self.node.identity, self.net, ch.cid, signed, n))
+        ch.closing["txid"] = txid
+        self._save(ch)
+        self.graph.remove_channel(ch.cid)
+        self.node.log.info(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="coop", txid=txid)
+
+    # -- queries -------------------------------------------------------------------------
+    def _by_hex(self, channel_id: str) -> Chan:
+        try:
+            ch = self.channels.get(bytes.fromhex(channel_id))
+        except (ValueError, TypeError):
+            ch = None
+        if ch is None:
+            raise ControlError("unknown_channel", f"no channel {channel_id!r}")
+        return ch
+
+    def list(self) -> list[dict]:
+        out = []
+        for ch in self.channels.values():
+            s = ch.signed.state if ch.signed else None
+            mine, theirs = (s.bal_a, s.bal_b) if s and ch.party == A else (
+                (s.bal_b, s.bal_a) if s else (0, 0))
+            out.append({"channel_id": _hex(ch.cid), "peer": ch.peer, "state": ch.status,
+                        "seq": s.seq if s else None, "local": mine, "remote": theirs,
+                        "htlcs": len(s.htlcs) if s else 0})
+        return out
+
+    def _status(self) -> dict:
+        chans = [c for c in self.list() if c["state"] == "open"]
+        return {"channels": len(chans), "channel_balance": sum(c["local"] for c in chans)}
+
+    async def _workload_payment(self, to: str, amount: int) -> None:
+        """One `payments` workload arrival: a keysend payment (no invoice round trip)."""
+        res = await self.keysend(to, amount)
+        if res["status"] != "succeeded":
+            raise ControlError(res["error"].split(":")[0], res["error"])
