@@ -142,8 +142,11 @@ class Launcher:
         self.signal(name, signal.SIGCONT, ev.PROCESS_RESUMED)
 
     def _reap(self, name: str, timeout: float) -> bool:
+        """Wait until the node's process is really gone (an exiting process loses its
+        command line before it is a zombie: `alive` says no too early)."""
         deadline = time.monotonic() + timeout
-        while self.alive(name):
+        pid = self.pid(name)
+        while self.alive(name) or (pid and _state(pid) not in ("", "Z", "X")):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
