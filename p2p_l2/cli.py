@@ -28,7 +28,8 @@ def _progress_bar(console):
     progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)
     tasks: dict[str, int] = {}
-    labels = {"spawned": "starting processes", "listening": "nodes listening", "links": "links up"}
+    labels = {"spawned": "starting processes", "listening": "nodes listening", "links": "links up",
+              "channels": "channels open"}
 
     def report(stage: str, done: int, total: int) -> None:
         if stage not in tasks:

@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 import trio
 
 from ..config import Config
-from ..errors import WaitTimeout
+from ..errors import P2PL2Error, WaitTimeout
 
 
 def matches(event: dict, name: str, fields: dict) -> bool:
@@ -95,6 +95,35 @@ class ClusterBase:
                 if self.alive(me):
                     await self[me].call("fault.link", peer=peer, blackhole=True)
         return cut
+
+    async def open_config_channels(self, timeout: float = 120.0, report=None) -> None:
+        """Open the config's `[[channel]]`s and wait until each is confirmed on L1, open at
+        both ends and known to every channel node's graph (what `up` waits for)."""
+        specs = self.config.channel_specs
+        if not specs:
+            return
+        if not self.config.nodes_with_role("miner"):
+            raise P2PL2Error("[[channel]] needs a miner: channels open on layer 1")
+        cids = []
+        for spec in specs:
+            a, b = spec.between
+            res = await self[a].call("channel.open", peer=b, funding=list(spec.funding),
+                                     push=spec.push)
+            cids.append(res["channel_id"])
+        holders = [n for n in self.config.nodes_with_role("channels") if self.alive(n)]
+
+        async def ready() -> bool:
+            done = 0
+            for cid, spec in zip(cids, specs):
+                states = [c["state"] for n in spec.between
+                          for c in await self[n].call("channel.list") if c["channel_id"] == cid]
+                known = [cid in {c["channel_id"] for c in (await self[n].call("graph"))["channels"]}
+                         for n in holders]
+                done += states == ["open", "open"] and all(known)
+            if report:
+                report("channels", done, len(specs))
+            return done == len(specs)
+        await self.wait_for(ready, timeout, what="every [[channel]] open and announced")
 
     async def start_workload(self, spec, id: str) -> None:
         """Start a `[[workload]]` on each of its `from` nodes, the rate split between them."""

@@ -118,6 +118,7 @@ async def open_memory_cluster(config: Config, *, data_dir: Path | None = None,
             for name in config.node_names:
                 await cluster.start(name)
             await cluster.wait_connected(connect_timeout)
+            await cluster.open_config_channels(connect_timeout)
             try:
                 yield cluster
             finally:

@@ -106,6 +106,7 @@ class Cluster(ClusterBase):
                 report("spawned", len(names), len(names))
                 await self._wait_listening(names, report)
                 await self._wait_links(report)
+                await self.open_config_channels(timeout, report)
             except trio.TooSlowError:
                 raise NodeStartError(f"cluster not ready after {timeout}s") from None
         seconds = time.monotonic() - t0
