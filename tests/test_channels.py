@@ -98,3 +98,100 @@ async def test_payment_errors(autojump_clock, memory_cluster_factory):
     with pytest.raises(ControlError) as err:
         await cluster["alice"].call("channel.close", channel_id="00" * 32)
     assert err.value.code == "unknown_channel"
+
+
+TOWER = """
+[cluster]
+name = "tower"
+seed = 11
+[channels]
+dispute_blocks = 6
+[accounts]
+alice = 100000
+bob = 100000
+tower = 1000
+[[node]]
+name = "miner"
+roles = ["miner"]
+[[node]]
+name = "alice"
+roles = ["channels"]
+[[node]]
+name = "bob"
+roles = ["channels"]
+watchtower = "tower"
+[[node]]
+name = "tower"
+roles = ["watchtower"]
+[topology]
+links = [["miner", "alice"], ["miner", "tower"]]
+[[channel]]
+between = ["alice", "bob"]
+funding = [50000, 0]
+"""
+
+
+async def pay(cluster, payer, payee, amount, **kw):
+    inv = await cluster[payee].call("invoice.create", amount=amount)
+    return await cluster[payer].call("pay", invoice=inv["invoice"], **kw)
+
+
+async def test_close_stale_with_the_victim_online(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    assert (await pay(cluster, "alice", "bob", 20_000))["status"] == "succeeded"
+    ch = await channel(cluster, "alice", "bob")
+    b0 = await l1_balance(cluster, "bob")
+    await cluster["alice"].call("fault.misbehave", behaviour="close-stale")
+    challenge = await cluster.wait_for_event("bob", ev.CHANNEL_CLOSING, kind="challenge", timeout=60)
+    assert challenge["posted_seq"] == 0 and challenge["our_seq"] == ch["seq"]
+    await cluster.wait_for_event("bob", ev.CHANNEL_PENALIZED, timeout=60)
+    await cluster.wait_for_event("bob", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"], timeout=60)
+    total = ch["local"] + ch["remote"]
+    assert await l1_balance(cluster, "bob") == b0 + total - 1  # the whole channel, minus a fee
+
+
+async def test_close_stale_against_an_offline_victim_meets_its_tower(autojump_clock,
+                                                                      memory_cluster_factory):
+    from p2p_l2.config import loads_config
+    cluster = await memory_cluster_factory(loads_config(TOWER))
+    assert (await pay(cluster, "alice", "bob", 30_000))["status"] == "succeeded"
+    ch = await channel(cluster, "bob", "alice")
+    await cluster.wait_for(lambda: cluster.nodes["tower"].tower.states, timeout=10)
+    b0 = await l1_balance(cluster, "bob")
+    await cluster.kill("bob")
+    await cluster["alice"].call("fault.misbehave", behaviour="close-stale")
+    await cluster.wait_for_event("tower", ev.CHANNEL_CLOSING, kind="challenge", timeout=60)
+    await cluster.restart("bob")  # later: bob finds its money on chain
+    await cluster.wait_for_event("bob", ev.CHANNEL_PENALIZED, timeout=60)
+    assert await l1_balance(cluster, "bob") == b0 + 50_000
+
+
+async def test_withheld_preimage_is_resolved_on_chain(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    ch = await channel(cluster, "alice", "bob")
+    a0 = await l1_balance(cluster, "alice")
+    await cluster["bob"].call("fault.misbehave", behaviour="withhold-preimage")
+    res = await pay(cluster, "alice", "bob", 5_000, timeout=5.0)
+    assert res["status"] == "failed" and res["error"] == "timeout"
+    closing = await cluster.wait_for_event("alice", ev.CHANNEL_CLOSING, kind="htlc_expiring",
+                                           timeout=120)
+    assert closing["channel_id"] == ch["channel_id"]
+    await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"],
+                                 timeout=120)
+
+    async def refunded():  # the held HTLC came back to alice on chain after its expiry
+        return await l1_balance(cluster, "alice") >= a0 + ch["local"] - 3
+    await cluster.wait_for(refunded, timeout=120)
+
+
+async def test_unresponsive_peer_is_force_closed(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    ch = await channel(cluster, "alice", "bob")
+    await cluster["bob"].call("fault.misbehave", behaviour="unresponsive")
+    res = await pay(cluster, "alice", "bob", 100, timeout=3.0)
+    assert res["status"] == "failed"
+    closing = await cluster.wait_for_event("alice", ev.CHANNEL_CLOSING, kind="unresponsive_peer",
+                                           timeout=60)
+    assert closing["peer"] == "bob"
+    await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"],
+                                 timeout=120)

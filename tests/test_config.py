@@ -149,7 +149,7 @@ ERRORS = [
      "a number in [0, 1]"),
     ("", "[topology]\ndefault_link = { blackhole = true }", "topology.default_link.blackhole",
      "a known key"),
-    ("", '[[link]]\nbetween = ["alice", "op"]', "link[0].between",
+    ("", '[[link]]\nbetween = ["miner", "op"]', "link[0].between",
      "two nodes linked in [topology] or by a [[channel]]"),
     ("", LINKED + '[[link]]\nbetween = ["alice", "bob"]\nlatency_ms = -1', "link[0].latency_ms",
      "a number >= 0"),
@@ -276,7 +276,7 @@ def test_error_names_file_path_and_expectation(top, extra, path, expected):
 def test_base_snippet_is_valid():
     c = loads_config(cfg(), SRC)
     assert c.node("alice").plasma == "op"  # the one operator is the default
-    assert c.links == ()
+    assert c.links == (("alice", "op"),)  # a plasma user is linked to its operator
 
 
 def test_no_nodes():

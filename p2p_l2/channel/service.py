@@ -43,6 +43,8 @@ TOPIC_CHAN = "chan"
 DEFAULT_POLICY = (1, 1000, None)  # base fee, fee ppm, expiry delta (None: [channels].htlc_delta)
 FINAL_DELTA = 9  # blocks the payee wants before its HTLC expires
 MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
+EXPIRY_MARGIN = 2  # blocks before its expiry an unresolved HTLC of ours forces a close
+UNRESPONSIVE = 10.0  # seconds an update may wait for the peer's ack before we force-close
 PAY_ATTEMPTS = 4
 
 codec.register("ch_open", fields(cid=Bytes(32), fa=int, fb=int, push=int, dispute=int))
@@ -101,6 +103,7 @@ class ChannelService:
         self.channels: dict[bytes, Chan] = {}
         self.payments: dict[bytes, Payment] = {}  # by payment hash, our own
         self.outgoing: dict[tuple[bytes, int], tuple[bytes, int] | bytes] = {}
+        self._tower_dirty: set[bytes] = set()
         self._load()
         for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
             node.handlers[kind] = self._on_machine_msg(kind)
@@ -113,6 +116,8 @@ class ChannelService:
         node.status_hooks.append(self._status)
         node.services.append(self.run)
         node.workloads.register("payments", self._workload_payment)
+        node.behaviours.update({"close-stale": self._close_stale, "withhold-preimage": None,
+                                "unresponsive": None})
         for method, fn in {"channel.open": self.open, "channel.list": self.list,
                            "channel.close": self.close, "invoice.create": self.invoice,
                            "pay": self.pay, "keysend": self.keysend,
@@ -142,10 +147,25 @@ class ChannelService:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         self._on_tip()
+        ticks = 0
         while True:
-            await trio.sleep(30)
+            await trio.sleep(0.25)
+            ticks += 1
+            self._push_to_tower()
+            if ticks % 4:
+                continue
+            now = trio.current_time()
             for ch in list(self.channels.values()):
-                if ch.status == "open" and ch.party == A:
+                if ch.status != "open" or ch.machine is None:
+                    continue
+                seq = ch.signed.state.seq
+                if ch.machine.in_flight is None or ch.closing.get("stuck", (None,))[0] != seq:
+                    ch.closing["stuck"] = (seq, now)
+                elif now - ch.closing["stuck"][1] > UNRESPONSIVE:
+                    self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid),
+                                          kind="unresponsive_peer", peer=ch.peer)
+                    self._force_close(ch)
+                if ticks % 120 == 0 and ch.party == A:
                     self._announce(ch, force=True)
 
     def _peer_up(self, peer: str) -> None:
@@ -219,6 +239,7 @@ class ChannelService:
         me = self.node.identity
         ch.signed = SignedState(state, sign_state(me, state, self.net), p["sig_state"])
         self.store.put_state(ch.cid, 0, ch.signed.to_wire())  # before the funds are locked
+        self.store.put_first_state(ch.cid, ch.signed.to_wire())
         ch.closing = {}
         self._save(ch)
         try:
@@ -244,6 +265,7 @@ class ChannelService:
             raise RemoteProtocolError("bad_signature", "first state")
         ch.signed = SignedState(state, p["sig_state"], ch.closing["sig_b"])
         self.store.put_state(ch.cid, 0, ch.signed.to_wire())
+        self.store.put_first_state(ch.cid, ch.signed.to_wire())
         ch.closing = {}
         self._save(ch)
         self._start_machine(ch)
@@ -294,6 +316,13 @@ class ChannelService:
             if ch.status == "open":
                 self._closed_by_chain(ch, rec)
             self._follow_close(ch, rec, height)
+        elif ch.status == "open" and ch.signed is not None:
+            soon = [h for h in ch.signed.state.htlcs
+                    if h.offerer == ch.party and h.expiry - height <= EXPIRY_MARGIN]
+            if soon:  # the peer sits on an HTLC of ours: resolve it on chain before expiry
+                self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid),
+                                      kind="htlc_expiring", htlcs=len(soon))
+                self._force_close(ch)
 
     def _closed_by_chain(self, ch: Chan, rec: dict) -> None:
         ch.status = "closing"
@@ -317,14 +346,45 @@ class ChannelService:
                 ch.closing["settle"] = self.chain.submit_own(lambda n: contract.settle_tx(
                     self.node.identity, self.net, ch.cid, n))
                 self._save(ch)
+        self._resolve_htlcs_on_chain(ch, rec, height)
+        if rec["status"] in ("settled", "closed") and not ch.closing.get("settled"):
+            ch.closing["settled"] = True
+            self._save(ch)
+            if rec.get("penalized"):
+                self.node.log.warning(ev.CHANNEL_PENALIZED, channel_id=_hex(ch.cid),
+                                      victim="ab"[1 - rec["closer"]], total=rec["total"])
+            self.node.log.info(ev.CHANNEL_SETTLED, channel_id=_hex(ch.cid),
+                               penalized=rec.get("penalized"), bal_a=rec.get("bal_a"),
+                               bal_b=rec.get("bal_b"))
+        if rec["status"] == "closed":
+            ch.status = "closed"
+            self._save(ch)
+
+    def _resolve_htlcs_on_chain(self, ch: Chan, rec: dict, height: int) -> None:
+        """After a forced close: claim what we can prove (preimage) before expiry, refund
+        ours after it, and learn preimages the peer revealed to claim ours (so a forwarding
+        hop can always claim upstream)."""
+        if rec.get("penalized") or rec["status"] not in ("closing", "settled"):
             return
-        ch.status = "closed"
-        self._save(ch)
-        if rec.get("penalized"):
-            self.node.log.warning(ev.CHANNEL_PENALIZED, channel_id=_hex(ch.cid),
-                                  victim="ab"[1 - rec["closer"]], total=rec["total"])
-        self.node.log.info(ev.CHANNEL_SETTLED, channel_id=_hex(ch.cid), penalized=rec.get("penalized"),
-                           bal_a=rec.get("bal_a"), bal_b=rec.get("bal_b"))
+        done = ch.closing.setdefault("htlc_txs", {})
+        for h in rec.get("htlcs", []):
+            key = str(h["id"])
+            if h["status"] == "claimed" and h["offerer"] == ch.party and key not in done:
+                done[key] = "learned"
+                self._on_htlc_settled(ch, h["id"], preimage=h["preimage"])
+            if h["status"] != "pending" or key in done:
+                continue
+            if h["offerer"] == ch.party and rec["status"] == "settled" and height >= h["expiry"]:
+                done[key] = self.chain.submit_own(lambda n, i=h["id"]: contract.refund_htlc_tx(
+                    self.node.identity, self.net, ch.cid, i, n))
+            elif h["offerer"] != ch.party and height < h["expiry"]:
+                preimage = self.store.preimage(h["payment_hash"])
+                if preimage is not None:
+                    done[key] = self.chain.submit_own(lambda n, i=h["id"], p=preimage:
+                                                      contract.claim_htlc_tx(
+                                                          self.node.identity, self.net, ch.cid, i,
+                                                          p, n))
+            self._save(ch)
 
     # -- the graph -----------------------------------------------------------------------
     def _announce(self, ch: Chan, force: bool = False) -> None:
@@ -386,6 +446,8 @@ class ChannelService:
 
     def _on_machine_msg(self, kind: str):
         def handle(peer: str, payload: dict) -> None:
+            if self.node.misbehaving("unresponsive"):
+                return  # byzantine: ignore the peer, never ack
             ch = self.channels.get(payload.get("cid"))
             if ch is None or ch.peer != peer or ch.machine is None:
                 raise RemoteProtocolError("unknown_channel", kind)
@@ -400,8 +462,8 @@ class ChannelService:
                 self.node.send(ch.peer, act.kind, act.payload)
             elif t is m.Persist:
                 ch.signed = act.signed
-                self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire(),
-                                     keep_old=self._keep_old)
+                self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire())
+                self._tower_dirty.add(ch.cid)
             elif t is m.Committed:
                 pass
             elif t is m.HtlcAdded:
@@ -421,7 +483,16 @@ class ChannelService:
         if more:
             self._run_actions(ch, more)
 
-    _keep_old = False  # `close-stale` misbehaviour keeps old states to close with
+    def _push_to_tower(self) -> None:
+        """Hand our watchtower the latest state of each channel that changed (coalesced)."""
+        tower = self.node.spec.watchtower
+        if not tower or not self._tower_dirty or tower not in self.node.links:
+            return
+        for cid in self._tower_dirty:
+            ch = self.channels.get(cid)
+            if ch is not None and ch.signed is not None:
+                self.node.send(tower, "tw_state", {"cid": cid, "signed": ch.signed.to_wire()})
+        self._tower_dirty.clear()
 
     # -- payments ------------------------------------------------------------------------
     def invoice(self, amount: int, memo: str = "") -> dict:
@@ -691,3 +762,64 @@ class ChannelService:
         res = await self.keysend(to, amount)
         if res["status"] != "succeeded":
             raise ControlError(res["error"].split(":")[0], res["error"])
+
+    # -- byzantine behaviours (fault.misbehave) ------------------------------------------
+    def _close_stale(self) -> None:
+        """Force-close every open channel with the oldest state we hold (the first one)."""
+        for ch in list(self.channels.values()):
+            if ch.status != "open" or ch.signed is None or ch.signed.state.seq == 0:
+                continue
+            old = self.store.first_state(ch.cid)
+            if old is not None:
+                self._force_close(ch, SignedState.from_wire(old))
+
+
+class TowerService:
+    """A watchtower (role `watchtower`): keeps its clients' latest states and challenges a
+    close that posts an older one, even while the client is offline."""
+
+    def __init__(self, node):
+        self.node = node
+        self.chain = node.chain
+        self.net = node.config.cluster.name
+        self.clients = {n.name for n in node.config.nodes if n.watchtower == node.name}
+        self.store = ChannelStore(node.data_dir / "tower.sqlite" if node.data_dir else None)
+        self.states = {cid: SignedState.from_wire(w) for cid, (_, _, w, _) in
+                       self.store.tower_states().items()}
+        self.challenged: set[bytes] = set()
+        node.handlers["tw_state"] = self._on_state
+        self.chain.on_tip.append(self._on_tip)
+
+    def _on_state(self, peer: str, p: dict) -> None:
+        if peer not in self.clients:
+            raise RemoteProtocolError("not_a_client", peer)
+        signed = SignedState.from_wire(p["signed"])
+        rec = contract.channel_record(self.chain.tree.state, p["cid"])
+        if rec is None or signed.state.cid != p["cid"] or not signed.verify(self.net, rec["a"], rec["b"]):
+            raise RemoteProtocolError("bad_state", "no such channel or not both signatures")
+        old = self.states.get(p["cid"])
+        if old is None or signed.state.seq > old.state.seq:
+            self.states[p["cid"]] = signed
+            self.store.put_tower_state(p["cid"], peer, signed.state.seq, signed.to_wire(), {})
+
+    def _on_tip(self) -> None:
+        state, height = self.chain.tree.state, self.chain.tree.height
+        for cid, signed in self.states.items():
+            rec = contract.channel_record(state, cid)
+            if rec is None or cid in self.challenged:
+                continue
+            if (rec["status"] == "closing" and rec["seq"] < signed.state.seq
+                    and height < rec["dispute_until"]):
+                self.challenged.add(cid)
+                try:
+                    txid = self.chain.submit_own(lambda n: contract.challenge_tx(
+                        self.node.identity, self.net, cid, signed, n))
+                except ControlError as exc:
+                    self.node.log.warning(ev.NODE_ERROR, error=f"tower challenge failed: {exc}")
+                    continue
+                self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(cid), kind="challenge",
+                                      by="tower", txid=txid, posted_seq=rec["seq"],
+                                      our_seq=signed.state.seq)
+
+
+codec.register("tw_state", fields(cid=Bytes(32), signed=dict))

@@ -51,27 +51,20 @@ class ChannelStore:
     def channels(self) -> dict[bytes, dict]:
         return {cid: _unpack(info) for cid, info in self.db.execute("SELECT cid, info FROM channels")}
 
-    def put_state(self, cid: bytes, seq: int, signed_wire: dict, keep_old: bool = False) -> None:
-        """The latest state both signed; with keep_old the previous one is archived (a node
-        only keeps old states to misbehave with them: `close-stale`)."""
-        blob = _pack(signed_wire)
-        self.db.execute("BEGIN")
-        try:
-            if keep_old:
-                self.db.execute("INSERT OR IGNORE INTO old_states SELECT cid, seq, signed FROM states"
-                                " WHERE cid = ?", (cid,))
-            self.db.execute("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", (cid, seq, blob))
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def put_state(self, cid: bytes, seq: int, signed_wire: dict) -> None:
+        """The latest state both signed (durable when this returns)."""
+        self._put("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", cid, seq, _pack(signed_wire))
 
     def states(self) -> dict[bytes, dict]:
         return {cid: _unpack(b) for cid, _, b in self.db.execute("SELECT cid, seq, signed FROM states")}
 
-    def old_state(self, cid: bytes, below_seq: int) -> dict | None:
-        row = self.db.execute("SELECT signed FROM old_states WHERE cid = ? AND seq < ? ORDER BY seq"
-                              " LIMIT 1", (cid, below_seq)).fetchone()
+    def put_first_state(self, cid: bytes, signed_wire: dict) -> None:
+        """The channel's first state (seq 0), kept for good (what `close-stale` posts)."""
+        self._put("INSERT OR IGNORE INTO old_states VALUES (?, 0, ?)", cid, _pack(signed_wire))
+
+    def first_state(self, cid: bytes) -> dict | None:
+        row = self.db.execute("SELECT signed FROM old_states WHERE cid = ? AND seq = 0",
+                              (cid,)).fetchone()
         return _unpack(row[0]) if row else None
 
     # preimages, invoices, payments

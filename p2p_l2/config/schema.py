@@ -41,7 +41,10 @@ def parse_config(data: dict, source: str) -> Config:
     root.nodes = {n.name: n.roles for n in nodes}
     accounts = _accounts(root.table("accounts"))
     channel_specs = tuple(_channel(r) for r in root.tables("channel"))
-    links, default_link = _topology(root.table("topology"), cluster.seed, channel_specs)
+    # a channel, a node's watchtower and its plasma operator each imply a direct link
+    implied = [c.between for c in channel_specs]
+    implied += [(n.name, other) for n in nodes for other in (n.watchtower, n.plasma) if other]
+    links, default_link = _topology(root.table("topology"), cluster.seed, implied)
     overrides = _link_overrides(root.tables("link"), default_link, links)
     workloads = tuple(_workload(r) for r in root.tables("workload"))
     faults = tuple(_fault(r) for r in root.tables("fault"))
@@ -207,7 +210,7 @@ def _link_params(r: Reader, base: LinkParams) -> LinkParams:
     )
 
 
-def _topology(r: Reader, seed: int, channels: tuple[ChannelSpec, ...]
+def _topology(r: Reader, seed: int, implied: list[tuple[str, str]]
               ) -> tuple[tuple[tuple[str, str], ...], LinkParams]:
     order = {name: i for i, name in enumerate(r.nodes)}
     if r.has("links") and r.has("generate"):
@@ -222,7 +225,7 @@ def _topology(r: Reader, seed: int, channels: tuple[ChannelSpec, ...]
         kind = gen.str("kind")
         params = {k: v for k, v in gen.data.items() if k != "kind"}
         pairs = generate_links(kind, list(r.nodes), seed, source=r.source, **params)
-    pairs += [c.between for c in channels]
+    pairs += implied
     default_reader = r.table("default_link")
     default = _link_params(default_reader, LinkParams())
     default_reader.done()

@@ -20,7 +20,7 @@ import trio
 
 from .. import events as ev
 from ..chain.service import ChainService
-from ..channel.service import ChannelService
+from ..channel.service import ChannelService, TowerService
 from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
 from ..faults.links import LinkFaults
@@ -38,6 +38,8 @@ HANDSHAKE_TIMEOUT = 5.0
 STABLE_LINK = 10.0  # seconds a link must last before the dial backoff starts over
 HANDSHAKE_FRAME = 4096  # largest frame before the peer is authenticated
 MAX_HANDSHAKES = 64  # unauthenticated connections at once
+BEHAVIOURS = ("close-stale", "withhold-preimage", "unresponsive", "operator-withhold",
+              "operator-invalid-tx", "exit-spent", "double-spend", "censor")
 TICK = 0.2  # idle housekeeping: flush the log tail, re-request timed-out gossip fetches
 
 
@@ -77,6 +79,9 @@ class Node:
         self.on_connect: list[Callable[[str], None]] = []  # called with the peer's name
         self.on_disconnect: list[Callable[[str], None]] = []
         self.misbehaviours: set[str] = set()  # byzantine behaviours switched on (SPEC §5)
+        # behaviour -> action run when switched on (None: a flag the service checks); each
+        # layer adds the behaviours it implements
+        self.behaviours: dict[str, Callable[[], None] | None] = {}
         self.quiet_topics: set[str] = set()  # topics whose layer logs its own events instead
         self.control = ControlRegistry(on_error=self._control_failed)
         self.control_server = (ControlServer(self.control, token, control_port,
@@ -89,10 +94,12 @@ class Node:
         self.workloads = WorkloadRunner(self)
         self.chain = ChainService(self)  # every node validates layer 1
         self.channels = ChannelService(self) if "channels" in self.spec.roles else None
+        self.tower = TowerService(self) if "watchtower" in self.spec.roles else None
         for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
                            "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
-                           "fault.clear": self.fault_clear}.items():
+                           "fault.clear": self.fault_clear,
+                           "fault.misbehave": self.misbehave}.items():
             self.control.register(method, fn)
 
     # -- time --------------------------------------------------------------------------
@@ -395,6 +402,24 @@ class Node:
             self.log.info(ev.FAULT_CLEARED, action="link", peer=p)
         self._notify_links()
         return {"cleared": cleared}
+
+    def misbehave(self, behaviour: str, enable: bool = True) -> dict:
+        """Switch a byzantine behaviour on or off (SPEC §5)."""
+        if behaviour not in BEHAVIOURS:
+            raise ControlError("bad_params", f"behaviour must be one of: {', '.join(BEHAVIOURS)}")
+        if behaviour not in self.behaviours:
+            raise ControlError("unsupported", f"{self.name} ({', '.join(self.spec.roles) or 'no roles'})"
+                               f" cannot {behaviour}")
+        if enable:
+            self.misbehaviours.add(behaviour)
+            self.log.warning(ev.FAULT_APPLIED, action="misbehave", behaviour=behaviour)
+            action = self.behaviours[behaviour]
+            if action is not None:
+                action()
+        else:
+            self.misbehaviours.discard(behaviour)
+            self.log.info(ev.FAULT_CLEARED, action="misbehave", behaviour=behaviour)
+        return {"behaviour": behaviour, "enabled": enable}
 
     async def shutdown(self) -> dict:
         if self._nursery is not None:
