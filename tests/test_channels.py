@@ -195,3 +195,32 @@ async def test_unresponsive_peer_is_force_closed(autojump_clock, memory_cluster_
     assert closing["peer"] == "bob"
     await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"],
                                  timeout=120)
+
+
+async def test_fee_policy_updates_reach_payers(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    before = await pay(cluster, "alice", "erin", 10_000)
+    await cluster["carol"].call("channel.policy", base_fee=50, fee_ppm=0)
+    await cluster.wait_for(lambda: any(
+        c["policy_a"]["base_fee"] == 50 or c["policy_b"]["base_fee"] == 50
+        for c in cluster.nodes["alice"].channels.graph.to_dict()["channels"]), timeout=10)
+    after = await pay(cluster, "alice", "erin", 10_000)
+    assert after["status"] == "succeeded" and after["fee"] == before["fee"] - (1 + 10) + 50
+
+
+async def test_closed_channels_leave_everyones_graph(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    ch = await channel(cluster, "carol", "dave")
+    await cluster["carol"].call("channel.close", channel_id=ch["channel_id"])
+    await cluster.wait_for(lambda: ch["channel_id"] not in {
+        c["channel_id"] for c in cluster.nodes["alice"].channels.graph.to_dict()["channels"]}, 60)
+    res = await pay(cluster, "alice", "erin", 10)
+    assert res["status"] == "failed" and res["error"].startswith("no_route")
+
+
+async def test_payments_workload(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    await cluster["alice"].call("workload.start", kind="payments", rate=20.0, amount=[1, 100],
+                                to=["erin", "carol"], duration=5.0, id="p")
+    stopped = await cluster.wait_for_event("alice", ev.WORKLOAD_STOPPED, workload="p", timeout=30)
+    assert stopped["counts"].get("ok", 0) >= 70 and set(stopped["counts"]) == {"ok"}

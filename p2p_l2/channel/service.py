@@ -40,6 +40,7 @@ from .routing import ChannelGraph, NoRoute, Policy, route_hops_for_onion
 from .store import ChannelStore
 
 TOPIC_CHAN = "chan"
+TOPIC_UPDATE = "chanupd"  # a node's fee policy for its side of a channel, signed by it
 DEFAULT_POLICY = (1, 1000, None)  # base fee, fee ppm, expiry delta (None: [channels].htlc_delta)
 FINAL_DELTA = 9  # blocks the payee wants before its HTLC expires
 MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
@@ -110,6 +111,8 @@ class ChannelService:
         for kind in ("ch_open", "ch_accept", "ch_funded", "ch_refuse", "ch_close", "ch_close_sig"):
             node.handlers[kind] = getattr(self, "_on_" + kind)
         node.gossip.add_validator(TOPIC_CHAN, self._on_announcement)
+        node.gossip.add_validator(TOPIC_UPDATE, self._on_policy_update)
+        self._policy_seen: dict[tuple[bytes, bytes], float] = {}
         node.on_connect.append(self._peer_up)
         node.on_disconnect.append(self._peer_down)
         self.chain.on_tip.append(self._on_tip)
@@ -121,7 +124,7 @@ class ChannelService:
         for method, fn in {"channel.open": self.open, "channel.list": self.list,
                            "channel.close": self.close, "invoice.create": self.invoice,
                            "pay": self.pay, "keysend": self.keysend,
-                           "graph": self.graph_info}.items():
+                           "graph": self.graph_info, "channel.policy": self.set_policy}.items():
             node.control.register(method, fn)
 
     # -- persistence ---------------------------------------------------------------------
@@ -291,6 +294,10 @@ class ChannelService:
         challenge stale closes, and feed the height to the machines."""
         tree = self.chain.tree
         height = tree.height
+        for cid in [c for c in list(self.graph._channels) if c not in self.channels]:
+            rec = contract.channel_record(tree.state, cid)
+            if rec is None or rec["status"] != "open":  # closed (or reorged away): unroutable
+                self.graph.remove_channel(cid)
         for ch in list(self.channels.values()):
             try:
                 self._watch(ch, height, tree.state)
@@ -416,6 +423,45 @@ class ChannelService:
             self._add_to_graph(ann)
         except LocalProtocolError as exc:
             raise RemoteProtocolError("bad_announcement", str(exc)) from None
+
+    def set_policy(self, base_fee: int | None = None, fee_ppm: int | None = None,
+                   expiry_delta: int | None = None) -> dict:
+        """Change our forwarding fees / expiry delta and gossip them for every open channel."""
+        new = self.policy._replace(**{k: v for k, v in (("base_fee", base_fee), ("fee_ppm", fee_ppm),
+                                                        ("expiry_delta", expiry_delta)) if v is not None})
+        if not (all(type(v) is int for v in new) and new.base_fee >= 0 and 0 <= new.fee_ppm <= 10**6
+                and 1 <= new.expiry_delta < 1000):
+            raise ControlError("bad_params", "base_fee >= 0, 0 <= fee_ppm <= 1e6, 1 <= expiry_delta")
+        self.policy = new
+        me = self.node.identity
+        for ch in self.channels.values():
+            if ch.status != "open":
+                continue
+            body = [ch.cid, me.pubkey, list(new), self.node.wall()]
+            upd = {"b": body, "s": me.sign(msgpack.packb(body, use_bin_type=True))}
+            self.graph.update_policy(ch.cid, me.pubkey, tuple(new))
+            self.node.publish(TOPIC_UPDATE, msgpack.packb(upd, use_bin_type=True))
+        return new.to_dict()
+
+    def _on_policy_update(self, data: bytes, peer) -> None:
+        if peer is None:
+            return
+        try:
+            upd = msgpack.unpackb(data, raw=False)
+            cid, node, pol, ts = upd["b"]
+            ok = verify(node, msgpack.packb(upd["b"], use_bin_type=True), upd["s"])
+        except Exception:
+            raise RemoteProtocolError("bad_announcement", "malformed policy update") from None
+        if not ok:
+            raise RemoteProtocolError("bad_signature", "policy update")
+        if cid not in self.graph or ts <= self._policy_seen.get((cid, node), -math.inf):
+            raise Ignore  # unknown channel yet, or an older update
+        try:
+            if not self.graph.update_policy(cid, node, tuple(pol)):
+                raise Ignore
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError("bad_announcement", str(exc)) from None
+        self._policy_seen[(cid, node)] = ts
 
     def graph_info(self) -> dict:
         g = self.graph.to_dict()
