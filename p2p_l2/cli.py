@@ -149,7 +149,8 @@ def _node(args) -> int:
 
 def _bench(args) -> int:
     from .bench import run_bench
-    return run_bench(args.name, as_json=args.json, **({"nodes": args.nodes} if args.nodes else {}))
+    return run_bench(args.name, as_json=args.json,
+                     **({"nodes": args.nodes} if args.nodes else {}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(sync=_node)
 
     bench = sub.add_parser("bench", help="benchmarks with same-run reference ratios")
-    bench.add_argument("name", choices=["cluster", "gossip", "l1"])
+    bench.add_argument("name", choices=["cluster", "gossip", "l1", "channel", "multihop"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--nodes", type=int)
     bench.set_defaults(sync=_bench)

@@ -11,6 +11,8 @@ BENCHES: dict[str, str] = {
     "cluster": "p2p_l2.bench.cluster",
     "gossip": "p2p_l2.bench.gossip",
     "l1": "p2p_l2.bench.l1",
+    "channel": "p2p_l2.bench.channel",
+    "multihop": "p2p_l2.bench.channel",
 }
 
 
@@ -48,6 +50,8 @@ def run_bench(name: str, as_json: bool = False, **options) -> int:
 
     module = importlib.import_module(BENCHES[name])
     run: Callable = module.run
+    if BENCHES[name].endswith(".channel"):
+        options["name"] = name
     res = trio.run(lambda: run(**options))
     if as_json:
         print(json.dumps(res))

@@ -572,12 +572,13 @@ class Channel:
         if self._tip is None:
             led = self._ledger.copy()
             pending = (self._inflight.ops if self._inflight else []) + self._queue
+            # Expiries are not re-checked: counting an op that flush() will drop is safe,
+            # leaving out one that is in flight is not.
             for op in pending:
                 try:
-                    _apply(led, op, self.party, self.height, self.min_expiry_delta,
-                           self.max_htlcs)
+                    _apply(led, op, self.party, -_INT_MAX, 0, self.max_htlcs)
                 except InvalidOp:
-                    pass  # flush() will drop it with OpRejected
+                    pass
             self._tip = led
         return self._tip
 

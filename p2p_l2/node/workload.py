@@ -19,6 +19,7 @@ import trio
 from .. import events as ev
 from ..errors import ControlError
 
+MAX_INFLIGHT = 10_000
 Action = Callable[[str, int], object]  # (to, amount) -> anything; raises ControlError(code)
 
 
@@ -92,22 +93,30 @@ class WorkloadRunner:
         action = self.kinds[run.kind]
         self.node.log.info(ev.WORKLOAD_STARTED, workload=run.id, kind=run.kind, rate=run.rate)
         t0 = trio.current_time()
-        with run.scope:
-            if duration is not None:
-                run.scope.deadline = t0 + duration
-            next_at = t0
-            while True:
-                next_at += arrivals.gap()
-                await trio.sleep_until(next_at)
-                to, amount = arrivals.draw()
-                try:
-                    result = action(to, amount)
-                    if inspect.isawaitable(result):
-                        await result
-                    code = "ok"
-                except ControlError as exc:
-                    code = exc.code
-                run.counts[code] = run.counts.get(code, 0) + 1
+        async def one(to: str, amount: int) -> None:
+            try:
+                result = action(to, amount)
+                if inspect.isawaitable(result):
+                    await result
+                code = "ok"
+            except ControlError as exc:
+                code = exc.code
+            run.counts[code] = run.counts.get(code, 0) + 1
+
+        # Open loop: arrivals do not wait for earlier ones to finish (a slow system sees its
+        # backlog grow, as under real load); at most MAX_INFLIGHT are outstanding.
+        async with trio.open_nursery() as nursery:
+            with run.scope:
+                if duration is not None:
+                    run.scope.deadline = t0 + duration
+                next_at = t0
+                while True:
+                    next_at += arrivals.gap()
+                    await trio.sleep_until(next_at)
+                    if len(nursery.child_tasks) >= MAX_INFLIGHT:
+                        run.counts["overloaded"] = run.counts.get("overloaded", 0) + 1
+                        continue
+                    nursery.start_soon(one, *arrivals.draw())
         run.done = True
         self.node.log.info(ev.WORKLOAD_STOPPED, workload=run.id, kind=run.kind, counts=run.counts,
                            seconds=trio.current_time() - t0)
