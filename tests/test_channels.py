@@ -224,3 +224,24 @@ async def test_payments_workload(autojump_clock, memory_cluster_factory):
                                 to=["erin", "carol"], duration=5.0, id="p")
     stopped = await cluster.wait_for_event("alice", ev.WORKLOAD_STOPPED, workload="p", timeout=30)
     assert stopped["counts"].get("ok", 0) >= 70 and set(stopped["counts"]) == {"ok"}
+
+
+async def test_a_killed_hop_restarts_and_channels_resync(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    for _ in range(10):
+        assert (await pay(cluster, "alice", "erin", 50))["status"] == "succeeded"
+    await cluster.kill("carol")  # mid-route hop, kill -9 style: its tasks just stop
+    res = await pay(cluster, "alice", "erin", 50, timeout=5.0)
+    assert res["status"] == "failed"
+    await cluster.restart("carol")
+    await cluster.wait_connected()
+
+    async def agreed():
+        for a, b in (("bob", "carol"), ("carol", "dave")):
+            x, y = await channel(cluster, a, b), await channel(cluster, b, a)
+            if (x["seq"], x["local"], x["remote"]) != (y["seq"], y["remote"], y["local"]):
+                return False
+        return True
+    await cluster.wait_for(agreed, timeout=60)  # same committed state on both ends
+    for _ in range(10):
+        assert (await pay(cluster, "alice", "erin", 50))["status"] == "succeeded"

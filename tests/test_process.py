@@ -284,3 +284,22 @@ async def test_chain_on_processes_survives_kill_9(cluster_factory):
         return a == b and a["height"] >= height + 3
     await cluster.wait_for(caught_up, timeout=30)
     assert (await cluster["n2"].call("chain.balance"))["balance"] == 700
+
+
+def test_cli_channels_on_processes(tmp_path):
+    run = tmp_path / "run"
+    up = cli("up", ROOT / "configs" / "line5.toml", "--run-dir", run, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        chans = json.loads(cli("ctl", run, "carol", "channel.list").stdout)
+        assert {c["peer"] for c in chans} == {"bob", "dave"} and all(c["state"] == "open" for c in chans)
+        inv = json.loads(cli("ctl", run, "erin", "invoice.create", "--params", '{"amount": 777}').stdout)
+        paid = json.loads(cli("ctl", run, "alice", "pay", "--params",
+                              json.dumps({"invoice": inv["invoice"]})).stdout)
+        assert paid["status"] == "succeeded" and paid["route"][-1] == "erin" and paid["fee"] == 3
+        status = json.loads(cli("status", run, "--json").stdout)
+        alice = next(n for n in status["nodes"] if n["name"] == "alice")
+        assert alice["channels"] == 1
+    finally:
+        cli("down", run)
+    assert pids_alive(run) == []
