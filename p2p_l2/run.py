@@ -8,13 +8,37 @@ from pathlib import Path
 
 import trio
 
+from . import events as ev
 from .faults.scenario import Scenario, Step
+from .log import read_events
+
+
+# What the end-of-run summary counts, from every node's log.
+SUMMARY = [
+    (ev.BLOCK_MINED, "L1 blocks mined"), (ev.CHAIN_REORG, "L1 reorgs (node-events)"),
+    (ev.TX_ACCEPTED, "L1 tx admissions (all nodes)"), (ev.CHANNEL_OPENED, "channel ends opened"),
+    (ev.PAYMENT_SUCCEEDED, "payments succeeded"), (ev.PAYMENT_FAILED, "payments failed"),
+    (ev.CHANNEL_CLOSING, "channel close steps"), (ev.CHANNEL_PENALIZED, "stale closes punished"),
+    (ev.CHANNEL_SETTLED, "channel settlements seen"), (ev.PEER_BANNED, "peers banned"),
+    (ev.MSG_REJECTED, "messages rejected"), (ev.FAULT_APPLIED, "faults applied (node-events)"),
+]
+
+
+def summarize(run_dir: Path) -> list[tuple[str, int]]:
+    """Counts of the notable events of a finished run (what `analyze` will go far beyond)."""
+    counts: dict[str, int] = {}
+    for log in sorted(Path(run_dir).glob("nodes/*/events.jsonl")):
+        events, _ = read_events(log)
+        for e in events:
+            counts[e["event"]] = counts.get(e["event"], 0) + 1
+    return [(label, counts.get(name, 0)) for name, label in SUMMARY if counts.get(name)]
 
 
 async def run(config_path: Path, run_dir: Path | None, duration: float | None,
               timeout: float = 120.0) -> int:
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
     from rich.table import Table
 
     from .cli import _console, start_cluster
@@ -29,7 +53,8 @@ async def run(config_path: Path, run_dir: Path | None, duration: float | None,
     log: list[str] = []
 
     def on_step(step: Step, outcome: str) -> None:
-        line = f"t={step.at:6.1f}s  {step.describe()}" + ("" if outcome == "ok" else f"  [{outcome}]")
+        line = escape(f"t={step.at:6.1f}s  {step.describe()}"
+                      + ("" if outcome == "ok" else f"  [{outcome}]"))
         log.append(line)
         if outcome != "ok":
             _console().print(f"[yellow]{line}[/]")
@@ -79,6 +104,13 @@ async def run(config_path: Path, run_dir: Path | None, duration: float | None,
     console.print(summary)
     for line in log:
         console.print(line)
+    happened = Table(title="what happened (from the nodes' logs)")
+    happened.add_column("events")
+    happened.add_column("count", justify="right")
+    for label, n in summarize(cluster.run_dir):
+        happened.add_row(label, str(n))
+    console.print(happened)
+    console.print(f"logs: {cluster.run_dir}/nodes/*/events.jsonl")
     return 0
 
 

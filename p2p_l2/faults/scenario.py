@@ -18,7 +18,7 @@ from ..errors import P2PL2Error
 
 # Fault actions the cluster can carry out today; the rest of SPEC §5 (link shaping, clock
 # skew, byzantine behaviours) arrives with the issues that build them.
-SUPPORTED = {"partition", "heal", "kill", "pause", "restart"}
+SUPPORTED = {"partition", "heal", "kill", "pause", "restart", "misbehave"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,12 @@ class Scenario:
         await self.stop_workloads()
 
     async def apply(self, step: Step, nursery: trio.Nursery) -> str:
+        try:
+            return await self._apply(step, nursery)
+        except P2PL2Error as exc:  # e.g. a workload kind or behaviour no node implements yet
+            return f"skipped: {exc}"
+
+    async def _apply(self, step: Step, nursery: trio.Nursery) -> str:
         c = self.cluster
         if step.what == "workload":
             await c.start_workload(step.spec, id=f"w{step.index}")
@@ -90,6 +96,8 @@ class Scenario:
                 await c.heal()
             elif spec.action == "pause":
                 await c.resume(p["node"])
+            elif spec.action == "misbehave":
+                await c[p["node"]].call("fault.misbehave", behaviour=p["behaviour"], enable=False)
             return "ok"
         if spec.action == "partition":
             await c.partition(*[list(g) for g in p["groups"]])
@@ -106,6 +114,8 @@ class Scenario:
             await c.pause(p["node"])
         elif spec.action == "restart":
             await c.restart(p["node"])
+        elif spec.action == "misbehave":
+            await c[p["node"]].call("fault.misbehave", behaviour=p["behaviour"])
         return "ok"
 
     async def stop_workloads(self) -> None:
