@@ -73,6 +73,7 @@ class Chan:
     signed: SignedState | None = None
     machine: m.Channel | None = None
     closing: dict = field(default_factory=dict)  # kind, txid, posted...
+    room: trio.Event = field(default_factory=trio.Event)  # set when a commit may free HTLC slots
 
     def info(self) -> dict:
         return {"peer": self.peer, "party": self.party, "fund_a": self.fund_a,
@@ -511,7 +512,8 @@ class ChannelService:
                 self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire())
                 self._tower_dirty.add(ch.cid)
             elif t is m.Committed:
-                pass
+                ch.room.set()  # HTLCs may have settled: room for queued payments
+                ch.room = trio.Event()
             elif t is m.HtlcAdded:
                 self._on_htlc_added(ch, act.htlc, act.onion)
             elif t is m.HtlcFulfilled:
@@ -623,11 +625,18 @@ class ChannelService:
             pay.error, pay.failed_cid = "channel_unavailable", first.cid
             return pay
         onion = build_onion(route_hops_for_onion(route, payment_hash=h, secret=secret), assoc=h)
-        try:
-            hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
-        except (m.InvalidOp, LocalProtocolError) as exc:
-            pay.error, pay.failed_cid = f"local: {getattr(exc, 'reason', exc)}", first.cid
-            return pay
+        while True:
+            try:
+                hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
+                break
+            except m.InvalidOp as exc:
+                if exc.reason != "too_many_htlcs" or ch.status != "open":
+                    pay.error, pay.failed_cid = f"local: {exc.reason}", first.cid
+                    return pay
+                await ch.room.wait()  # the channel is full of HTLCs: wait for one to settle
+            except LocalProtocolError as exc:
+                pay.error, pay.failed_cid = f"local: {exc}", first.cid
+                return pay
         self.payments[h] = pay
         self.outgoing[(ch.cid, hid)] = h
         self._run_actions(ch, [])
