@@ -47,6 +47,7 @@ MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
 EXPIRY_MARGIN = 2  # blocks before its expiry an unresolved HTLC of ours forces a close
 UNRESPONSIVE = 10.0  # seconds an update may wait for the peer's ack before we force-close
 PAY_ATTEMPTS = 4
+DIRECT = b"\xd1"  # not an onion version: an HTLC "onion" for the peer only (a tiny map)
 
 codec.register("ch_open", fields(cid=Bytes(32), fa=int, fb=int, push=int, dispute=int))
 codec.register("ch_accept", fields(cid=Bytes(32), sig_open=Bytes(64), sig_state=Bytes(64)))
@@ -624,7 +625,10 @@ class ChannelService:
         if ch is None or ch.machine is None or ch.status != "open":
             pay.error, pay.failed_cid = "channel_unavailable", first.cid
             return pay
-        onion = build_onion(route_hops_for_onion(route, payment_hash=h, secret=secret), assoc=h)
+        if len(route.hops) == 1:  # a direct peer: nothing to hide, no onion to build or peel
+            onion = DIRECT + msgpack.packb({"secret": secret} if secret else {}, use_bin_type=True)
+        else:
+            onion = build_onion(route_hops_for_onion(route, payment_hash=h, secret=secret), assoc=h)
         while True:
             try:
                 hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
@@ -646,27 +650,18 @@ class ChannelService:
     def _on_htlc_added(self, ch: Chan, htlc, onion: bytes) -> None:
         """The peer offered us an HTLC: we are the payee, or we forward it."""
         try:
-            payload, next_onion = peel(self.node.identity, onion, assoc=htlc.payment_hash)
-        except RemoteProtocolError:
+            if onion[:1] == DIRECT:  # from the payer itself: we are the payee
+                extra = msgpack.unpackb(onion[1:], raw=False)
+                payload = {"final": True, "amt": htlc.amount, "exp": htlc.expiry}
+                if isinstance(extra, dict) and type(extra.get("secret")) is bytes:
+                    payload["secret"] = extra["secret"]
+            else:
+                payload, next_onion = peel(self.node.identity, onion, assoc=htlc.payment_hash)
+        except (RemoteProtocolError, ValueError, msgpack.UnpackException):
             ch.machine.fail_htlc(htlc.id, "bad_onion")
             return
         if payload.get("final"):
-            secret = payload.get("secret")
-            if secret is not None and payment_hash(secret) == htlc.payment_hash:  # keysend
-                self.store.put_preimage(htlc.payment_hash, secret)
-                self.store.put_invoice(htlc.payment_hash, {"amount": payload["amt"], "paid": False})
-            preimage = self.store.preimage(htlc.payment_hash)
-            inv = self.store.invoice(htlc.payment_hash)
-            if preimage is None or inv is None:
-                ch.machine.fail_htlc(htlc.id, "unknown_payment_hash")
-            elif htlc.amount < inv["amount"] or htlc.amount < payload["amt"]:
-                ch.machine.fail_htlc(htlc.id, "amount_too_low")
-            elif self.node.misbehaving("withhold-preimage"):
-                return  # hold it: the payer's HTLC expires unresolved off chain
-            else:
-                ch.machine.fulfill_htlc(htlc.id, preimage)
-                inv["paid"] = True
-                self.store.put_invoice(htlc.payment_hash, inv)
+            self._settle_final(ch, htlc, payload)
             return
         out = self._channel_to(payload["next"], payload.get("cid"))
         fee = htlc.amount - payload["amt"]
@@ -685,6 +680,32 @@ class ChannelService:
                 return
             self.outgoing[(out.cid, out_id)] = (ch.cid, htlc.id)
             self._run_actions(out, [])
+
+    def _settle_final(self, ch: Chan, htlc, payload: dict) -> None:
+        """We are the payee: fulfil with the invoice's preimage, or a keysend's secret."""
+        if payload["amt"] > htlc.amount:
+            ch.machine.fail_htlc(htlc.id, "amount_too_low")
+            return
+        secret = payload.get("secret")
+        if secret is not None:  # keysend: the payer chose the preimage
+            if payment_hash(secret) != htlc.payment_hash:
+                ch.machine.fail_htlc(htlc.id, "bad_preimage")
+                return
+            preimage = secret
+            self.store.put_preimage(htlc.payment_hash, preimage)  # to claim on chain if need be
+        else:
+            inv = self.store.invoice(htlc.payment_hash)
+            preimage = self.store.preimage(htlc.payment_hash)
+            if inv is None or preimage is None:
+                ch.machine.fail_htlc(htlc.id, "unknown_payment_hash")
+                return
+            if htlc.amount < inv["amount"]:
+                ch.machine.fail_htlc(htlc.id, "amount_too_low")
+                return
+            self.store.put_invoice(htlc.payment_hash, dict(inv, paid=True))
+        if self.node.misbehaving("withhold-preimage"):
+            return  # hold it: the payer's HTLC hangs until it resolves it on chain
+        ch.machine.fulfill_htlc(htlc.id, preimage)
 
     def _channel_to(self, pubkey: bytes, cid: bytes | None) -> Chan | None:
         peer = self.node.names.get(pubkey)
