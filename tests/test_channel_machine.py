@@ -10,11 +10,14 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from p2p_l2.channel.commitment import A, B, ChannelState, Htlc, SignedState, payment_hash, sign_state
+from p2p_l2.channel.commitment import (
+    A, B, ChannelState, Htlc, SignedState, payment_hash, sign_state,
+)
 from p2p_l2.channel.machine import (
     DISCONNECTED, IDLE, PROPOSED, SYNCING, AddHtlc, Channel, Committed, FailHtlc, FulfillHtlc,
     HtlcAdded, HtlcFailed, HtlcFulfilled, InvalidOp, OpRejected, Persist, Rejected, Send,
 )
+from p2p_l2.channel.machine import _apply, _Ledger, _op_from_wire
 from p2p_l2.errors import LocalProtocolError, RemoteProtocolError
 from p2p_l2.wire import Identity, codec
 
@@ -234,9 +237,11 @@ def test_concurrent_proposals_a_wins_b_reproposes(first):
     pair.flush(A)
     pair.flush(B)
     assert pair.ch[A].state == pair.ch[B].state == PROPOSED
-    pair.deliver(first)
-    pair.deliver(1 - first)
-    # A ignored B's update; B abandoned its own, acked A's and re-queued its op
+    out = {first: pair.deliver(first)}
+    out[1 - first] = pair.deliver(1 - first)
+    assert out[B] == []  # A ignored B's update (no nack: B gives way when it sees A's)
+    assert [type(a) for a in out[A]] == [Persist, Send, Committed, HtlcAdded]
+    # B abandoned its own update, acked A's and re-queued its op
     assert pair.ch[B].committed.state.seq == 1 and pair.ch[B].queued[0].id == hb
     pair.drain()
     state = pair.agree()
@@ -289,8 +294,8 @@ def test_b_abandons_even_when_a_update_is_refused():
     pair.flush(B)
     pair.deliver(B)  # A ignores B's
     out = pair.deliver(A)  # B abandons its own, refuses A's first op
-    assert nack(out) == {"cid": CID, "seq": 1, "reason": "bad_expiry", "detail": nack(out)["detail"],
-                         "op": 0}
+    assert nack(out) == {"cid": CID, "seq": 1, "reason": "bad_expiry",
+                         "detail": nack(out)["detail"], "op": 0}
     assert pair.ch[B].state == IDLE and pair.ch[B].queued[0].id == hb
     out = pair.deliver(B)  # the nack: A drops op 0, re-queues op 1
     assert out == [OpRejected(AddHtlc(ha, 1, payment_hash(preimage(1)), 20, b""), "bad_expiry")]
@@ -316,7 +321,6 @@ def _update(pair, ops, *, seq=None, sig=None, **extra):
     seq = ch.committed.state.seq + 1 if seq is None else seq
     if sig is None:
         try:
-            from p2p_l2.channel.machine import _apply, _Ledger, _op_from_wire
             led = _Ledger(ch.committed.state)
             for w in ops:
                 _apply(led, _op_from_wire(w), A, ch.height, DELTA, ch.max_htlcs)
@@ -329,59 +333,55 @@ def _update(pair, ops, *, seq=None, sig=None, **extra):
 H = payment_hash(preimage(99))
 NEW_A = (5 << 32) | A  # an unused id of A's parity
 
+
+def _add(amount=5, expiry=100, id=NEW_A, hash=H, onion=b""):
+    return [0, id, amount, hash, expiry, onion]
+
+
+def _up(*ops, **kw):
+    return lambda pr, ha, hb: _update(pr, list(ops), **kw)
+
 BAD_UPDATES = {
-    # name: (payload builder, reason, op index)
-    "bad_sig": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], sig=bytes(64)),
-                "bad_sig", None),
-    "sig_of_other_state": (lambda pr, ha, hb: dict(_update(pr, [[0, NEW_A, 5, H, 100, b""]]),
-                                                    sig=_update(pr, [[0, NEW_A, 6, H, 100, b""]])["sig"]),
+    # name: (payload builder (pair, ha, hb) -> payload, nack reason, nack op index)
+    "bad_sig": (_up(_add(), sig=bytes(64)), "bad_sig", None),
+    "sig_of_other_state": (lambda pr, ha, hb: dict(_update(pr, [_add()]),
+                                                    sig=_update(pr, [_add(6)])["sig"]),
                            "bad_sig", None),
-    "sig_of_b": (lambda pr, ha, hb: dict(_update(pr, [[0, NEW_A, 5, H, 100, b""]]),
-                                          sig=sign_state(IDS[B], ChannelState(CID, 3, 0, 0), NET)),
+    "sig_by_b": (_up(_add(), sig=sign_state(IDS[B], ChannelState(CID, 3, 0, 0), NET)),
                  "bad_sig", None),
-    "wrong_cid": (lambda pr, ha, hb: dict(_update(pr, [[0, NEW_A, 5, H, 100, b""]]), cid=bytes(32)),
-                  "wrong_cid", None),
-    "seq_backwards": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], seq=1),
-                      "bad_seq", None),
-    "seq_replayed": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], seq=2),
-                     "bad_seq", None),
-    "seq_zero": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], seq=0), "bad_seq", None),
-    "seq_ahead": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], seq=4), "bad_seq", None),
-    "seq_not_int": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], seq="3"),
-                    "bad_seq", None),
-    "beyond_balance": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 9_901, H, 100, b""]]),
-                       "insufficient_balance", 0),
-    "beyond_balance_in_batch": (lambda pr, ha, hb: _update(
-        pr, [[0, NEW_A, 5_000, H, 100, b""], [0, NEW_A + 2, 4_901, H, 100, b""]]),
-        "insufficient_balance", 1),
-    "zero_amount": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 0, H, 100, b""]]), "bad_amount", 0),
-    "negative_amount": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, -5, H, 100, b""]]), "bad_amount", 0),
-    "too_many_htlcs": (lambda pr, ha, hb: _update(
-        pr, [[0, NEW_A + 2 * i, 1, H, 100, b""] for i in range(3)]), "too_many_htlcs", 2),
-    "expiry_at_min_delta": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, DELTA, b""]]),
-                            "bad_expiry", 0),
-    "expiry_past": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 0, b""]]), "bad_expiry", 0),
-    "duplicate_id": (lambda pr, ha, hb: _update(pr, [[0, ha, 5, H, 100, b""]]), "duplicate_id", 0),
-    "duplicate_id_in_batch": (lambda pr, ha, hb: _update(
-        pr, [[0, NEW_A, 5, H, 100, b""], [0, NEW_A, 5, H, 100, b""]]), "duplicate_id", 1),
-    "id_of_b_parity": (lambda pr, ha, hb: _update(pr, [[0, NEW_A + 1, 5, H, 100, b""]]), "bad_id", 0),
-    "unknown_htlc_fulfil": (lambda pr, ha, hb: _update(pr, [[1, 12345, preimage(2)]]),
-                            "unknown_htlc", 0),
-    "unknown_htlc_fail": (lambda pr, ha, hb: _update(pr, [[2, 12345, "x"]]), "unknown_htlc", 0),
+    "wrong_cid": (lambda pr, ha, hb: dict(_update(pr, [_add()]), cid=bytes(32)), "wrong_cid", None),
+    "seq_backwards": (_up(_add(), seq=1), "bad_seq", None),
+    "seq_replayed": (_up(_add(), seq=2), "bad_seq", None),
+    "seq_zero": (_up(_add(), seq=0), "bad_seq", None),
+    "seq_ahead": (_up(_add(), seq=4), "bad_seq", None),
+    "seq_not_int": (_up(_add(), seq="3"), "bad_seq", None),
+    "beyond_balance": (_up(_add(9_901)), "insufficient_balance", 0),
+    "beyond_balance_in_batch": (_up(_add(5_000), _add(4_901, id=NEW_A + 2)),
+                                "insufficient_balance", 1),
+    "zero_amount": (_up(_add(0)), "bad_amount", 0),
+    "negative_amount": (_up(_add(-5)), "bad_amount", 0),
+    "amount_bool": (_up(_add(True)), "bad_amount", 0),
+    "too_many_htlcs": (_up(*[_add(1, id=NEW_A + 2 * i) for i in range(3)]), "too_many_htlcs", 2),
+    "expiry_at_min_delta": (_up(_add(expiry=DELTA)), "bad_expiry", 0),
+    "expiry_past": (_up(_add(expiry=0)), "bad_expiry", 0),
+    "duplicate_id": (lambda pr, ha, hb: _update(pr, [_add(id=ha)]), "duplicate_id", 0),
+    "duplicate_id_in_batch": (_up(_add(), _add()), "duplicate_id", 1),
+    "id_of_b_parity": (_up(_add(id=NEW_A + 1)), "bad_id", 0),
+    "unknown_htlc_fulfil": (_up([1, 12345, preimage(2)]), "unknown_htlc", 0),
+    "unknown_htlc_fail": (_up([2, 12345, "x"]), "unknown_htlc", 0),
     "bad_preimage": (lambda pr, ha, hb: _update(pr, [[1, hb, preimage(3)]]), "bad_preimage", 0),
     "empty_preimage": (lambda pr, ha, hb: _update(pr, [[1, hb, b""]]), "bad_preimage", 0),
     "fulfil_own_htlc": (lambda pr, ha, hb: _update(pr, [[1, ha, preimage(1)]]), "not_receiver", 0),
     "fail_own_htlc": (lambda pr, ha, hb: _update(pr, [[2, ha, "x"]]), "not_receiver", 0),
     "fulfil_twice": (lambda pr, ha, hb: _update(pr, [[1, hb, preimage(2)], [1, hb, preimage(2)]]),
                      "unknown_htlc", 1),
-    "no_ops": (lambda pr, ha, hb: _update(pr, []), "bad_op", None),
-    "op_unknown_code": (lambda pr, ha, hb: _update(pr, [[7, 1]]), "bad_op", 0),
-    "op_short": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100]]), "bad_op", 0),
-    "op_not_list": (lambda pr, ha, hb: _update(pr, ["add"]), "bad_op", 0),
-    "hash_short": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H[:31], 100, b""]]), "bad_op", 0),
-    "amount_bool": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, True, H, 100, b""]]), "bad_amount", 0),
-    "onion_too_big": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, bytes(9000)]]), "bad_op", 0),
-    "extra_key": (lambda pr, ha, hb: _update(pr, [[0, NEW_A, 5, H, 100, b""]], x=1), "bad_payload", None),
+    "no_ops": (_up(), "bad_op", None),
+    "op_unknown_code": (_up([7, 1]), "bad_op", 0),
+    "op_short": (_up(_add()[:5]), "bad_op", 0),
+    "op_not_list": (_up("add"), "bad_op", 0),
+    "hash_short": (_up(_add(hash=H[:31])), "bad_op", 0),
+    "onion_too_big": (_up(_add(onion=bytes(9000))), "bad_op", 0),
+    "extra_key": (_up(_add(), x=1), "bad_payload", None),
     "not_a_map": (lambda pr, ha, hb: [1, 2], "bad_payload", None),
 }
 
@@ -406,7 +406,7 @@ def test_bad_update_is_nacked_and_changes_nothing(name):
 
 def test_the_control_case_of_the_bad_update_table_is_accepted():
     pair, ha, hb = _pending_pair()
-    out = pair.ch[B].receive("ch_update", _update(pair, [[0, NEW_A, 5, H, 100, b""], [1, hb, preimage(2)]]))
+    out = pair.ch[B].receive("ch_update", _update(pair, [_add(), [1, hb, preimage(2)]]))
     assert [type(a) for a in out] == [Persist, Send, Committed, HtlcAdded, HtlcFulfilled]
 
 
@@ -457,7 +457,8 @@ def test_unexpected_and_unknown_messages():
         out = a.receive(kind, payload)
         assert nack(out)["reason"] == reason and a.state == IDLE
     # a nack is never answered with a nack; a stale one is ignored
-    assert a.receive("ch_nack", {"cid": CID, "seq": 5, "reason": "x", "detail": "", "op": None}) == []
+    stale = {"cid": CID, "seq": 5, "reason": "x", "detail": "", "op": None}
+    assert a.receive("ch_nack", stale) == []
     out = a.receive("ch_nack", {"cid": bytes(32), "seq": 1})
     assert [type(x) for x in out] == [Rejected]
 
@@ -536,7 +537,8 @@ def test_flush_drops_ops_that_expired_meanwhile():
     h2 = pair.pay(A, 1, 2, expiry=200)
     pair.ch[A].set_height(15)
     out = pair.flush(A)
-    assert out[0] == OpRejected(AddHtlc(h1, 1, payment_hash(preimage(1)), 20, b""), "bad_expiry")
+    assert out[0] == OpRejected(AddHtlc(h1, 1, payment_hash(preimage(1)), 20, b""),
+                                "bad_expiry")
     assert out[1].kind == "ch_update" and len(out[1].payload["ops"]) == 1
     pair.drain()
     assert [h.id for h in pair.agree().htlcs] == [h2]
@@ -762,7 +764,8 @@ class ChannelPairMachine(RuleBasedStateMachine):
     def settle(self):
         self.pair.drain()
         first = self.pair.agree()
-        assert self.pair.ch[A].state == self.pair.ch[B].state == IDLE
+        for ch in self.pair.ch.values():
+            assert ch.state == IDLE and ch.queued == () and ch.in_flight is None
         self.pair.disconnect()
         self.pair.reconnect()
         self.pair.drain()
@@ -786,6 +789,16 @@ class ChannelPairMachine(RuleBasedStateMachine):
                 self.pair.rejected[p]
             dropped = [e for e in self.pair.events[p] if isinstance(e, OpRejected)]
             assert all(e.reason == "bad_expiry" for e in dropped), dropped
+
+    @invariant()
+    def each_settlement_is_reported_once(self):
+        for p in (A, B):
+            for cls in (HtlcAdded, HtlcFulfilled, HtlcFailed):
+                ids = [e.htlc.id if cls is HtlcAdded else e.id for e in self.pair.of(p, cls)]
+                assert len(ids) == len(set(ids)), (cls, ids)
+                assert all((i & 1) == (p if cls is not HtlcAdded else 1 - p) for i in ids)
+            for e in self.pair.of(p, HtlcFulfilled):
+                assert self.preimages[payment_hash(e.preimage)] == e.preimage
 
     def teardown(self):
         self.settle()

@@ -125,8 +125,12 @@ async def run(name: str = "channel", rate: float = 6000.0, seconds: float = 3.0,
     if name == "channel":
         config, payee = loads_config(PAIR, "<bench channel>"), "bob"
     else:
+        from dataclasses import replace
+
         from ..config import builtin_config
         config, payee = load_config(builtin_config("line5")), "erin"
+        # as for `channel`: room for many HTLCs in flight, so updates carry big batches
+        config = replace(config, channels=replace(config.channels, max_htlcs=480))
     with tempfile.TemporaryDirectory(prefix="p2p_l2-bench-") as tmp:
         async with Cluster.launch(config, run_dir=Path(tmp) / "run", timeout=120) as cluster:
             t0 = time.time()

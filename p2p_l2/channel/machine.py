@@ -6,10 +6,9 @@ actions out in order: it writes `Persist` to SQLite before it sends anything tha
 The L1 height is fed in with `set_height`; nothing here reads a clock.
 """
 
-# Design: each side keeps `committed` (the highest state both signed), a FIFO of its own ops and
-# at most one proposal in flight: `ch_update` = ops + our signature over committed+ops; the peer
-# checks, persists, countersigns (`ch_ack`).  Both proposing the same seq: A's wins, B re-queues its
-# ops.  On (re)connect both send their committed state (`ch_sync`) and adopt the higher one.
+# Design: each side keeps `committed` (signed by both), a FIFO of its own ops and at most one
+# proposal in flight (ops + our signature); the peer persists, then countersigns.  If both propose
+# the same seq, A's wins and B re-queues its ops; on (re)connect both adopt the higher state.
 
 from __future__ import annotations
 
@@ -341,11 +340,11 @@ class Channel:
         top of everything already committed, in flight and queued."""
         if self._next_id is None:
             raise LocalProtocolError("add_htlc before the first ch_sync: ids are not set yet")
+        if self._next_id >> _ID_EPOCH_BITS != self._id_epoch:
+            raise LocalProtocolError("htlc ids of this epoch are used up: rebuild the channel")
         op = AddHtlc(self._next_id, amount, payment_hash, expiry, onion)
         self._queue_op(op)
         self._next_id += 2
-        if self._next_id >> _ID_EPOCH_BITS != self._id_epoch:
-            raise LocalProtocolError("htlc ids of this epoch are used up: rebuild the channel")
         return op.id
 
     def fulfill_htlc(self, id: int, preimage: bytes) -> None:
@@ -461,8 +460,8 @@ class Channel:
         mine = self.me.sign(digest)
         signed = SignedState(state, *self._sigs(mine, sig))
         self._commit(signed, led)
-        actions: list = [Persist(signed), Send("ch_ack", {"cid": self.cid, "seq": seq, "sig": mine}),
-                         Committed(signed)]
+        ack = Send("ch_ack", {"cid": self.cid, "seq": seq, "sig": mine})
+        actions: list = [Persist(signed), ack, Committed(signed)]
         for op in ops:
             t = type(op)
             if t is AddHtlc:
@@ -489,7 +488,7 @@ class Channel:
 
     def _on_ch_nack(self, p: dict) -> list:
         prop = self._inflight
-        if prop is None or p.get("seq") != prop.state.seq:
+        if prop is None or type(p.get("seq")) is not int or p["seq"] != prop.state.seq:
             return []  # about nothing in flight: stale
         _keys(p, {"cid", "seq", "reason", "detail", "op"})
         reason, index = p["reason"], p["op"]

@@ -74,7 +74,7 @@ class Chan:
     signed: SignedState | None = None
     machine: m.Channel | None = None
     closing: dict = field(default_factory=dict)  # kind, txid, posted...
-    room: trio.Event = field(default_factory=trio.Event)  # set when a commit may free HTLC slots
+    slots: trio.Semaphore | None = None  # our own payments' share of max_htlcs
 
     def info(self) -> dict:
         return {"peer": self.peer, "party": self.party, "fund_a": self.fund_a,
@@ -484,6 +484,7 @@ class ChannelService:
             self._run_actions(ch, ch.machine.on_reconnect())
 
     def _make_machine(self, ch: Chan) -> None:
+        ch.slots = trio.Semaphore(self.params.max_htlcs)
         ch.machine = m.Channel(self.net, ch.cid, self.node.identity, ch.party,
                                self.node.pubkeys[ch.peer], ch.signed,
                                max_htlcs=self.params.max_htlcs, min_expiry_delta=MIN_DELTA,
@@ -513,8 +514,7 @@ class ChannelService:
                 self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire())
                 self._tower_dirty.add(ch.cid)
             elif t is m.Committed:
-                ch.room.set()  # HTLCs may have settled: room for queued payments
-                ch.room = trio.Event()
+                pass
             elif t is m.HtlcAdded:
                 self._on_htlc_added(ch, act.htlc, act.onion)
             elif t is m.HtlcFulfilled:
@@ -629,18 +629,13 @@ class ChannelService:
             onion = DIRECT + msgpack.packb({"secret": secret} if secret else {}, use_bin_type=True)
         else:
             onion = build_onion(route_hops_for_onion(route, payment_hash=h, secret=secret), assoc=h)
-        while True:
-            try:
-                hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
-                break
-            except m.InvalidOp as exc:
-                if exc.reason != "too_many_htlcs" or ch.status != "open":
-                    pay.error, pay.failed_cid = f"local: {exc.reason}", first.cid
-                    return pay
-                await ch.room.wait()  # the channel is full of HTLCs: wait for one to settle
-            except LocalProtocolError as exc:
-                pay.error, pay.failed_cid = f"local: {exc}", first.cid
-                return pay
+        await ch.slots.acquire()  # a full channel (max_htlcs pending): wait in line for a slot
+        try:
+            hid = ch.machine.add_htlc(first.amount, h, first.expiry, onion)
+        except (m.InvalidOp, LocalProtocolError) as exc:
+            ch.slots.release()
+            pay.error, pay.failed_cid = f"local: {getattr(exc, 'reason', exc)}", first.cid
+            return pay
         self.payments[h] = pay
         self.outgoing[(ch.cid, hid)] = h
         self._run_actions(ch, [])
@@ -724,6 +719,7 @@ class ChannelService:
         if src is None:
             return
         if isinstance(src, bytes):  # our own payment
+            ch.slots.release()
             pay = self.payments.get(src)
             if pay is not None:
                 pay.preimage = preimage
