@@ -2,6 +2,7 @@
 fees, close every way, and punish a stale close."""
 
 import pytest
+import trio
 
 from p2p_l2 import events as ev
 from p2p_l2.config import load_config
@@ -245,3 +246,28 @@ async def test_a_killed_hop_restarts_and_channels_resync(autojump_clock, memory_
     await cluster.wait_for(agreed, timeout=60)  # same committed state on both ends
     for _ in range(10):
         assert (await pay(cluster, "alice", "erin", 50))["status"] == "succeeded"
+
+
+async def test_concurrent_payments_both_ways_never_fork(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    a, b = cluster.nodes["alice"].channels, cluster.nodes["bob"].channels
+    assert (await a.keysend("bob", 5_000))["status"] == "succeeded"  # bob can pay back too
+    start = await channel(cluster, "alice", "bob")
+    results = []
+
+    async def many(svc, to, n):
+        for _ in range(n):
+            results.append((await svc.keysend(to, 7))["status"])
+    async with trio.open_nursery() as nursery:  # both sides propose at the same moments
+        for _ in range(5):
+            nursery.start_soon(many, a, "bob", 20)
+            nursery.start_soon(many, b, "alice", 20)
+    assert results.count("succeeded") == 200
+
+    async def agreed():  # the last acks settle: then both ends hold the same committed state
+        x, y = await channel(cluster, "alice", "bob"), await channel(cluster, "bob", "alice")
+        return (x["seq"], x["local"], x["remote"], x["htlcs"]) == (
+            y["seq"], y["remote"], y["local"], 0) and (x, y)
+    x, y = await cluster.wait_for(agreed, timeout=10)
+    assert x["local"] + x["remote"] == start["local"] + start["remote"]  # the funding, always
+    assert x["local"] == start["local"]  # 100 payments of 7 each way cancel out
