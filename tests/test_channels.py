@@ -271,3 +271,12 @@ async def test_concurrent_payments_both_ways_never_fork(autojump_clock, memory_c
     x, y = await cluster.wait_for(agreed, timeout=10)
     assert x["local"] + x["remote"] == start["local"] + start["remote"]  # the funding, always
     assert x["local"] == start["local"]  # 100 payments of 7 each way cancel out
+
+
+async def test_an_invoice_is_paid_once(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    inv = await cluster["erin"].call("invoice.create", amount=100)
+    first = await cluster["alice"].call("pay", invoice=inv["invoice"])
+    again = await cluster["alice"].call("pay", invoice=inv["invoice"])
+    assert first["status"] == "succeeded"
+    assert again["status"] == "failed" and "invoice_already_paid" in again["error"]

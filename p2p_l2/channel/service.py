@@ -191,7 +191,8 @@ class ChannelService:
             raise ControlError("bad_params", f"{peer} does not have the channels role")
         fa, fb = (funding, 0) if type(funding) is int else tuple(funding) if isinstance(
             funding, list) and len(funding) == 2 else (None, None)
-        if not all(type(x) is int and x >= 0 for x in (fa, fb, push)) or fa + fb <= 0 or push > fa:
+        if (not all(type(x) is int and x >= 0 for x in (fa, fb, push)) or not 0 < fa + fb < 2**62
+                or push > fa):
             raise ControlError("bad_params", "funding: an amount or [ours, theirs] (>= 0, sum > 0); "
                                "0 <= push <= ours")
         if self.chain.balance()["balance"] < fa + 1:
@@ -218,7 +219,8 @@ class ChannelService:
             reason = "no channels role"
         elif cid in self.channels:
             reason = "channel id in use"
-        elif min(fa, fb, push) < 0 or fa + fb <= 0 or push > fa or p["dispute"] != self.params.dispute_blocks:
+        elif (min(fa, fb, push) < 0 or fa + fb <= 0 or fa + fb >= 2**62 or push > fa
+              or p["dispute"] != self.params.dispute_blocks):
             reason = "bad terms"
         elif self.chain.balance()["balance"] < fb:
             reason = "insufficient_funds"
@@ -241,6 +243,12 @@ class ChannelService:
         pk_a, pk_b = self._pks(ch)
         if not verify(pk_b, state.digest(self.net), p["sig_state"]):
             raise RemoteProtocolError("bad_signature", "first state")
+        terms = open_digest(self.net, ch.cid, pk_a, pk_b, ch.fund_a, ch.fund_b,
+                            self.params.dispute_blocks)
+        if not verify(pk_b, terms, p["sig_open"]):  # a bad one would only fail on chain
+            raise RemoteProtocolError("bad_signature", "open terms")
+        if ch.signed is not None:
+            raise RemoteProtocolError("unexpected_message", "channel already accepted")
         me = self.node.identity
         ch.signed = SignedState(state, sign_state(me, state, self.net), p["sig_state"])
         self.store.put_state(ch.cid, 0, ch.signed.to_wire())  # before the funds are locked
@@ -264,6 +272,8 @@ class ChannelService:
 
     def _on_ch_funded(self, peer: str, p: dict) -> None:
         ch = self._mine(peer, p["cid"], "opening", B)
+        if ch.signed is not None or "sig_b" not in ch.closing:
+            raise RemoteProtocolError("unexpected_message", "channel already funded")
         state = self._state0(ch.cid, ch.fund_a, ch.fund_b, ch.closing.get("push", 0))
         pk_a, pk_b = self._pks(ch)
         if not verify(pk_a, state.digest(self.net), p["sig_state"]):
@@ -451,6 +461,9 @@ class ChannelService:
         try:
             upd = msgpack.unpackb(data, raw=False)
             cid, node, pol, ts = upd["b"]
+            if not (type(cid) is bytes and type(node) is bytes and type(pol) is list
+                    and len(pol) == 3 and type(ts) in (int, float) and type(upd["s"]) is bytes):
+                raise TypeError
             ok = verify(node, msgpack.packb(upd["b"], use_bin_type=True), upd["s"])
         except Exception:
             raise RemoteProtocolError("bad_announcement", "malformed policy update") from None
@@ -537,11 +550,11 @@ class ChannelService:
         tower = self.node.spec.watchtower
         if not tower or not self._tower_dirty or tower not in self.node.links:
             return
-        for cid in self._tower_dirty:
+        for cid in list(self._tower_dirty):
             ch = self.channels.get(cid)
-            if ch is not None and ch.signed is not None:
-                self.node.send(tower, "tw_state", {"cid": cid, "signed": ch.signed.to_wire()})
-        self._tower_dirty.clear()
+            if ch is None or ch.signed is None or self.node.send(
+                    tower, "tw_state", {"cid": cid, "signed": ch.signed.to_wire()}):
+                self._tower_dirty.discard(cid)
 
     # -- payments ------------------------------------------------------------------------
     def invoice(self, amount: int, memo: str = "") -> dict:
@@ -697,6 +710,9 @@ class ChannelService:
             if htlc.amount < inv["amount"]:
                 ch.machine.fail_htlc(htlc.id, "amount_too_low")
                 return
+            if inv.get("paid"):
+                ch.machine.fail_htlc(htlc.id, "invoice_already_paid")
+                return
             self.store.put_invoice(htlc.payment_hash, dict(inv, paid=True))
         if self.node.misbehaving("withhold-preimage"):
             return  # hold it: the payer's HTLC hangs until it resolves it on chain
@@ -791,6 +807,8 @@ class ChannelService:
 
     def _on_ch_close_sig(self, peer: str, p: dict) -> None:
         ch = self._mine(peer, p["cid"], "closing")
+        if "final" not in ch.closing or "txid" in ch.closing:
+            raise RemoteProtocolError("unexpected_message", "we proposed no close")
         final = ChannelState.from_wire(ch.closing["final"])
         if p["seq"] != final.seq or not verify(self.node.pubkeys[peer], final.digest(self.net), p["sig"]):
             raise RemoteProtocolError("bad_signature", "close")
