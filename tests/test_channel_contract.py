@@ -276,7 +276,7 @@ def test_challenge_gives_everything_to_the_victim(state, closer, sender):
     apply(state, ch.force_close_tx(closer, NET, CID, stale, nonce(state, closer)), height=2)
     by = {"victim": victim, "tower": W, "closer": closer}[sender]
     before = {p: bal(state, p) for p in (A, B, W)}
-    tx = ch.challenge_tx(by, NET, CID, signed(4, 75, 75), nonce(state, by))
+    tx = ch.challenge_tx(by, NET, CID, signed(5, 75, 75), nonce(state, by))
     apply(state, tx, height=2 + DISPUTE - 1)  # the last block of the window
     assert bal(state, victim) == before[victim] + 150 - (1 if by is victim else 0)
     assert bal(state, closer) == before[closer] - (1 if by is closer else 0)
@@ -285,7 +285,19 @@ def test_challenge_gives_everything_to_the_victim(state, closer, sender):
     assert rec["status"] == "closed" and rec["penalized"] and rec["paid"] == 150
     assert total_locked(state) == 0 and conserved(state)
     rejected(state, ch.settle_tx(C, NET, CID, 0), height=100)
-    rejected(state, ch.challenge_tx(W, NET, CID, signed(5, 75, 75), nonce(state, W)), height=3)
+    rejected(state, ch.challenge_tx(W, NET, CID, signed(6, 75, 75), nonce(state, W)), height=3)
+
+
+def test_one_step_newer_state_replaces_the_posted_one_without_penalty(state):
+    """A closer that missed the peer's last ack posts seq N while the peer holds N+1."""
+    opened(state)
+    apply(state, ch.force_close_tx(A, NET, CID, signed(3, 140, 10), nonce(state, A)), height=2)
+    apply(state, ch.challenge_tx(B, NET, CID, signed(4, 75, 75), nonce(state, B)), height=3)
+    rec = record(state)
+    assert rec["status"] == "closing" and not rec["penalized"] and rec["seq"] == 4
+    a0, b0 = bal(state, A), bal(state, B)
+    apply(state, ch.settle_tx(C, NET, CID, 0), height=2 + DISPUTE)
+    assert bal(state, A) == a0 + 75 and bal(state, B) == b0 + 75 and conserved(state)
 
 
 def test_challenge_refused(state):
@@ -398,7 +410,7 @@ def test_challenge_after_a_claim_still_pays_the_victim_everything(state):
     closing_with_htlcs(state, closer=A)
     apply(state, ch.claim_htlc_tx(B, NET, CID, 1, PRE1, 0), height=2)
     b0 = bal(state, B)
-    apply(state, ch.challenge_tx(W, NET, CID, signed(6, 0, 150), 0), height=3)
+    apply(state, ch.challenge_tx(W, NET, CID, signed(7, 0, 150), 0), height=3)
     assert bal(state, B) == b0 + 150 and record(state)["penalized"]
     assert htlc(state, 1)["preimage"] == PRE1  # still readable by an upstream hop
     rejected(state, ch.claim_htlc_tx(A, NET, CID, 2, PRE2, nonce(state, A)), height=4)
@@ -626,13 +638,21 @@ class ChannelHistory(RuleBasedStateMachine):
         sender = PEOPLE[who]
         ok = (c.status == "closing" and self.height < c.until and not forged
               and c.posted is not None and s.state.seq > c.posted.seq)
+        update = ok and s.state.seq == c.posted.seq + 1  # one step newer: replaces, no penalty
         payouts: dict[bytes, int] = {}
-        if ok:
+        if ok and not update:
             victim = c.pk(PB if c.closer == PA else PA)
             payouts[victim] = c.total - c.paid
         tx = ch.challenge_tx(sender, NET, c.cid, s, nonce(self.state, sender))
         if self.send(tx, "challenge", ok, payouts):
-            c.status, c.paid = "closed", c.total
+            if update:
+                old = {h.id: h for h in c.posted.htlcs}
+                c.htlc_status = {
+                    h.id: "claimed" if (c.htlc_status.get(h.id) == "claimed" and old.get(h.id) == h)
+                    else "pending" for h in s.state.htlcs}
+                c.posted = s.state
+            else:
+                c.status, c.paid = "closed", c.total
 
     def resolved(self, c: Chan) -> None:
         if c.status == "settled" and "pending" not in c.htlc_status.values():

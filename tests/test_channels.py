@@ -280,3 +280,28 @@ async def test_an_invoice_is_paid_once(autojump_clock, memory_cluster_factory):
     again = await cluster["alice"].call("pay", invoice=inv["invoice"])
     assert first["status"] == "succeeded"
     assert again["status"] == "failed" and "invoice_already_paid" in again["error"]
+
+
+async def test_a_close_one_state_behind_is_corrected_not_punished(autojump_clock,
+                                                                  memory_cluster_factory):
+    """What a lost ack looks like on chain: the closer posts seq N, the peer holds N+1.
+    The newer state replaces the posted one; nobody is punished; balances are the latest."""
+    from p2p_l2.channel.commitment import SignedState
+    cluster = await memory_cluster_factory(line5())
+    node = cluster.nodes["alice"].channels
+    cid = next(iter(node.channels))
+    history = {}
+    put = node.store.put_state
+    node.store.put_state = lambda c, seq, wire: (history.__setitem__(seq, wire), put(c, seq, wire))
+    assert (await pay(cluster, "alice", "bob", 700))["status"] == "succeeded"
+    latest = await channel(cluster, "alice", "bob")
+    behind = SignedState.from_wire(history[latest["seq"] - 1])
+    a0, b0 = await l1_balance(cluster, "alice"), await l1_balance(cluster, "bob")
+    node._force_close(node.channels[cid], behind)
+    await cluster.wait_for_event("bob", ev.CHANNEL_CLOSING, kind="challenge", timeout=60)
+    settled = await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=cid.hex(),
+                                           timeout=120)
+    assert not settled["penalized"]
+    # the latest balances, less a few 1-coin fees (close, challenge, settle)
+    assert 0 <= a0 + latest["local"] - await l1_balance(cluster, "alice") <= 3
+    assert 0 <= b0 + latest["remote"] - await l1_balance(cluster, "bob") <= 3

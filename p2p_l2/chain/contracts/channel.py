@@ -186,12 +186,26 @@ def _force_close(state: State, tx: Tx, height: int, args: dict, cid: bytes, rec:
 
 
 def _challenge(state: State, tx: Tx, height: int, args: dict, cid: bytes, rec: dict) -> None:
-    """A higher-seq state inside the window: the closer lied, the victim takes it all."""
+    """A newer state inside the window.  One step newer: the closer may just have missed
+    the peer's last signature (a lost ack), so the newer state replaces the posted one and
+    nobody is punished.  Two or more: the closer had countersigned a newer state than the
+    one it posted — it lied, and the victim takes it all."""
     if height >= rec["dispute_until"]:
         raise _error(f"the dispute window ended at height {rec['dispute_until']}")
     st = _signed_state(args, rec, tx.net, cid)
     if st.seq <= rec["seq"]:
         raise _error(f"seq {st.seq} is not above the posted seq {rec['seq']}")
+    if st.seq == rec["seq"] + 1:
+        claimed = {(h["id"], h["offerer"], h["amount"], h["payment_hash"], h["expiry"]): h
+                   for h in rec["htlcs"] if h["status"] == "claimed"}
+        htlcs = [claimed[(h.id, h.offerer, h.amount, h.payment_hash, h.expiry)]
+                 if (h.id, h.offerer, h.amount, h.payment_hash, h.expiry) in claimed else
+                 {"id": h.id, "offerer": h.offerer, "amount": h.amount,
+                  "payment_hash": h.payment_hash, "expiry": h.expiry, "status": "pending",
+                  "preimage": None} for h in st.htlcs]
+        rec.update(seq=st.seq, bal_a=st.bal_a, bal_b=st.bal_b, htlcs=htlcs)
+        state.set(_key(cid), rec)
+        return
     # Whoever sends it (the victim or its watchtower), the victim gets everything.
     victim = rec["b"] if rec["closer"] == A else rec["a"]
     rec.update(status="closed", penalized=True)
