@@ -108,6 +108,7 @@ class ChannelService:
         self.outgoing: dict[tuple[bytes, int], tuple[bytes, int] | bytes] = {}
         self._tower_dirty: set[bytes] = set()
         self._load()
+        self.outgoing.update(self.store.forwards())  # a restarted hop still passes preimages up
         for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
             node.handlers[kind] = self._on_machine_msg(kind)
         for kind in ("ch_open", "ch_accept", "ch_funded", "ch_refuse", "ch_close", "ch_close_sig"):
@@ -687,6 +688,7 @@ class ChannelService:
                 ch.machine.fail_htlc(htlc.id, f"temporary_channel_failure:{getattr(exc, 'reason', '')}")
                 return
             self.outgoing[(out.cid, out_id)] = (ch.cid, htlc.id)
+            self.store.put_forward(out.cid, out_id, ch.cid, htlc.id)  # before it is proposed
             self._run_actions(out, [])
 
     def _settle_final(self, ch: Chan, htlc, payload: dict) -> None:
@@ -731,6 +733,8 @@ class ChannelService:
     def _on_htlc_settled(self, ch: Chan, hid: int, preimage: bytes | None = None,
                          reason: str | None = None) -> None:
         """An HTLC we offered was fulfilled or failed: finish our payment or pass it upstream."""
+        if preimage is not None:  # first of all: never forget a preimage we learned
+            self.store.put_preimage(payment_hash(preimage), preimage)
         src = self.outgoing.pop((ch.cid, hid), None)
         if src is None:
             return
@@ -747,11 +751,11 @@ class ChannelService:
                 pay.done.set()
             return
         in_cid, in_id = src
+        self.store.drop_forward(ch.cid, hid)
         upstream = self.channels.get(in_cid)
         if upstream is None or upstream.machine is None:
             return
         if preimage is not None:
-            self.store.put_preimage(payment_hash(preimage), preimage)  # before passing it on
             upstream.machine.fulfill_htlc(in_id, preimage)
         else:
             upstream.machine.fail_htlc(in_id, reason or "failed")

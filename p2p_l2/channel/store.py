@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS old_states (cid BLOB, seq INTEGER, signed BLOB, PRIMA
 CREATE TABLE IF NOT EXISTS preimages (hash BLOB PRIMARY KEY, preimage BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS invoices (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS forwards (out_cid BLOB, out_id INTEGER, in_cid BLOB, in_id INTEGER,
+                                     PRIMARY KEY (out_cid, out_id));
 CREATE TABLE IF NOT EXISTS tower (cid BLOB PRIMARY KEY, client TEXT, seq INTEGER, signed BLOB, info BLOB);
 """
 
@@ -87,6 +89,16 @@ class ChannelStore:
 
     def payments(self) -> dict[bytes, dict]:
         return {h: _unpack(i) for h, i in self.db.execute("SELECT hash, info FROM payments")}
+
+    # forwarded HTLCs: which incoming HTLC each outgoing one settles
+    def put_forward(self, out_cid: bytes, out_id: int, in_cid: bytes, in_id: int) -> None:
+        self._put("INSERT OR REPLACE INTO forwards VALUES (?, ?, ?, ?)", out_cid, out_id, in_cid, in_id)
+
+    def drop_forward(self, out_cid: bytes, out_id: int) -> None:
+        self._put("DELETE FROM forwards WHERE out_cid = ? AND out_id = ?", out_cid, out_id)
+
+    def forwards(self) -> dict[tuple[bytes, int], tuple[bytes, int]]:
+        return {(oc, oi): (ic, ii) for oc, oi, ic, ii in self.db.execute("SELECT * FROM forwards")}
 
     # watchtower
     def put_tower_state(self, cid: bytes, client: str, seq: int, signed_wire: dict, info: dict) -> None:
