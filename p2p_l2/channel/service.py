@@ -160,6 +160,7 @@ class ChannelService:
             self._push_to_tower()
             if ticks % 4:
                 continue
+            self._settle_known_preimages()
             now = trio.current_time()
             for ch in list(self.channels.values()):
                 if ch.status != "open" or ch.machine is None:
@@ -337,11 +338,16 @@ class ChannelService:
                 self._closed_by_chain(ch, rec)
             self._follow_close(ch, rec, height)
         elif ch.status == "open" and ch.signed is not None:
-            soon = [h for h in ch.signed.state.htlcs
+            ours = [h for h in ch.signed.state.htlcs
                     if h.offerer == ch.party and h.expiry - height <= EXPIRY_MARGIN]
-            if soon:  # the peer sits on an HTLC of ours: resolve it on chain before expiry
+            # an HTLC we can claim (we know its preimage) that the peer does not let us settle
+            theirs = [] if self.node.misbehaving("withhold-preimage") else [
+                h for h in ch.signed.state.htlcs
+                if h.offerer != ch.party and h.expiry - height <= EXPIRY_MARGIN + 2
+                and self.store.preimage(h.payment_hash) is not None]
+            if ours or theirs:  # resolve it on chain before it expires
                 self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid),
-                                      kind="htlc_expiring", htlcs=len(soon))
+                                      kind="htlc_expiring", htlcs=len(ours) + len(theirs))
                 self._force_close(ch)
 
     def _closed_by_chain(self, ch: Chan, rec: dict) -> None:
@@ -545,6 +551,29 @@ class ChannelService:
         more = ch.machine.flush()
         if more:
             self._run_actions(ch, more)
+
+    def _settle_known_preimages(self) -> None:
+        """Fulfil HTLCs offered to us whose preimage we already know, e.g. after a restart
+        between learning it downstream and passing it upstream (duplicates are refused by
+        the machine, so this is idempotent)."""
+        if self.node.misbehaving("withhold-preimage"):
+            return
+        for ch in self.channels.values():
+            if ch.status != "open" or ch.machine is None or ch.machine.state not in (m.IDLE, m.PROPOSED):
+                continue
+            queued = False
+            for h in ch.signed.state.htlcs:
+                if h.offerer == ch.party:
+                    continue
+                preimage = self.store.preimage(h.payment_hash)
+                if preimage is not None:
+                    try:
+                        ch.machine.fulfill_htlc(h.id, preimage)
+                        queued = True
+                    except (m.InvalidOp, LocalProtocolError):
+                        pass  # already being settled
+            if queued:
+                self._run_actions(ch, [])
 
     def _push_to_tower(self) -> None:
         """Hand our watchtower the latest state of each channel that changed (coalesced)."""
