@@ -303,3 +303,12 @@ def test_cli_channels_on_processes(tmp_path):
     finally:
         cli("down", run)
     assert pids_alive(run) == []
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's first command: a ~50 s experiment on real processes."""
+    res = cli("demo", "--run-dir", tmp_path / "demo", timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for line in ("payments succeeded", "stale closes punished", "L1 blocks mined"):
+        assert line in res.stdout, res.stdout[-3000:]
+    assert pids_alive(tmp_path / "demo") == []
