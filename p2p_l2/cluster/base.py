@@ -7,6 +7,7 @@ only at events after the last one it returned for that node, so no event is matc
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
@@ -20,7 +21,7 @@ def matches(event: dict, name: str, fields: dict) -> bool:
     return event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
 
 
-class ClusterBase:
+class ClusterBase(ABC):
     config: Config
 
     def __init__(self, config: Config):
@@ -28,12 +29,17 @@ class ClusterBase:
         self._cursors: dict[str, int] = {}
 
     # -- provided by subclasses --------------------------------------------------------
+    @abstractmethod
     def __getitem__(self, name: str):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The handle of node `name` (its `call` / `request` reach the control API)."""
 
+    @abstractmethod
     def events(self, node: str) -> list[dict]:
         """Every event the node has logged so far, oldest first."""
-        raise NotImplementedError  # pragma: no cover - abstract
+
+    @abstractmethod
+    def alive(self, name: str) -> bool:
+        """Is the node running?"""
 
     # -- shared ------------------------------------------------------------------------
     @property
@@ -150,9 +156,6 @@ class ClusterBase:
         for name in self.names:
             if self.alive(name):
                 await self[name].call("fault.clear")
-
-    def alive(self, name: str) -> bool:
-        raise NotImplementedError  # pragma: no cover - abstract
 
     async def linked(self) -> bool:
         """True when every node is connected to every topology neighbour."""
