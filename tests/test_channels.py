@@ -305,3 +305,19 @@ async def test_a_close_one_state_behind_is_corrected_not_punished(autojump_clock
     # the latest balances, less a few 1-coin fees (close, challenge, settle)
     assert 0 <= a0 + latest["local"] - await l1_balance(cluster, "alice") <= 3
     assert 0 <= b0 + latest["remote"] - await l1_balance(cluster, "bob") <= 3
+
+
+async def test_crossing_cooperative_closes_settle_once(autojump_clock, memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    ch = await channel(cluster, "bob", "carol")
+    async with trio.open_nursery() as nursery:  # both ask at the same instant
+        nursery.start_soon(lambda: cluster["bob"].call("channel.close", channel_id=ch["channel_id"]))
+        nursery.start_soon(lambda: cluster["carol"].call("channel.close", channel_id=ch["channel_id"]))
+    for n in ("bob", "carol"):
+        await cluster.wait_for_event(n, ev.CHANNEL_SETTLED, channel_id=ch["channel_id"], timeout=60)
+    # the losing side's L1 account is not stuck behind a failed close tx
+    res = await cluster["carol"].call("chain.send", to="alice", amount=1)
+
+    async def confirmed():
+        return (await cluster["carol"].call("chain.tx", txid=res["txid"]))["status"] == "confirmed"
+    await cluster.wait_for(confirmed, timeout=60)

@@ -368,7 +368,8 @@ class ChannelService:
                 self._save(ch)
                 self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="challenge",
                                       posted_seq=rec.get("seq"), our_seq=mine)
-            elif height >= rec["dispute_until"] and not ch.closing.get("settle"):
+            elif (height >= rec["dispute_until"] + (0 if rec.get("closer") == ch.party else 3)
+                  and not ch.closing.get("settle")):  # one settle tx, not two racing
                 ch.closing["settle"] = self.chain.submit_own(lambda n: contract.settle_tx(
                     self.node.identity, self.net, ch.cid, n))
                 self._save(ch)
@@ -520,6 +521,8 @@ class ChannelService:
             ch = self.channels.get(payload.get("cid"))
             if ch is None or ch.peer != peer or ch.machine is None:
                 raise RemoteProtocolError("unknown_channel", kind)
+            if ch.status not in ("opening", "open"):
+                return  # a close is under way: no new state may be signed beside the final one
             self._run_actions(ch, ch.machine.receive(kind, payload))
         return handle
 
@@ -793,6 +796,9 @@ class ChannelService:
     # -- closing -------------------------------------------------------------------------
     def close(self, channel_id: str, force: bool = False) -> dict:
         ch = self._by_hex(channel_id)
+        stuck = ch.status == "closing" and ch.closing.get("kind") == "coop" and "txid" not in ch.closing
+        if force and stuck:
+            return self._force_close(ch)  # the peer never countersigned our final state
         if ch.status != "open":
             raise ControlError("bad_state", f"channel is {ch.status}")
         if force or ch.peer not in self.node.links:
@@ -827,6 +833,13 @@ class ChannelService:
         return ChannelState(ch.cid, seq, s.bal_a, s.bal_b, ())
 
     def _on_ch_close(self, peer: str, p: dict) -> None:
+        ch = self.channels.get(p["cid"])
+        if (ch is not None and ch.peer == peer and ch.status == "closing"
+                and ch.closing.get("final") is not None and ch.closing["final"]["seq"] == p["seq"]):
+            # both asked at once for the same final state: the crossing request is the
+            # signature we were waiting for
+            self._on_ch_close_sig(peer, p, crossing=True)
+            return
         ch = self._mine(peer, p["cid"], "open")
         final = self._final_state(ch, p["seq"])
         if not verify(self.node.pubkeys[peer], final.digest(self.net), p["sig"]):
@@ -838,7 +851,7 @@ class ChannelService:
         self.graph.remove_channel(ch.cid)
         self.node.send(peer, "ch_close_sig", {"cid": ch.cid, "seq": final.seq, "sig": mine})
 
-    def _on_ch_close_sig(self, peer: str, p: dict) -> None:
+    def _on_ch_close_sig(self, peer: str, p: dict, crossing: bool = False) -> None:
         ch = self._mine(peer, p["cid"], "closing")
         if "final" not in ch.closing or "txid" in ch.closing:
             raise RemoteProtocolError("unexpected_message", "we proposed no close")
@@ -848,6 +861,8 @@ class ChannelService:
         mine = sign_state(self.node.identity, final, self.net)
         sa, sb = (mine, p["sig"]) if ch.party == A else (p["sig"], mine)
         signed = SignedState(final, sa, sb)
+        if crossing and ch.party == B:
+            return  # crossing requests: A posts the close (one tx, not two racing)
         txid = self.chain.submit_own(lambda n: contract.close_tx(
             self.node.identity, self.net, ch.cid, signed, n))
         ch.closing["txid"] = txid
