@@ -58,13 +58,16 @@ def _print_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=title)
-    for col in ("node", "alive", "roles", "height", "tip", "peers"):
+    for col in ("node", "alive", "roles", "height", "tip", "channels", "peers"):
         table.add_column(col)
     for r in rows:
         tip = (r.get("tip") or "")[:12]
         alive = "[green]yes[/]" if r["alive"] else "[red]no[/]"
-        table.add_row(r["name"], alive, ",".join(r.get("roles", [])), str(r["height"]) if r.get("height") is not None else "-",
-                      tip or "-", f"{len(r['peers'])}: {' '.join(r['peers'])}")
+        chans = (f"{r['channels']} ({r['channel_balance']} local)" if r.get("channels") is not None
+                 else "-")
+        table.add_row(r["name"], alive, ",".join(r.get("roles", [])),
+                      str(r["height"]) if r.get("height") is not None else "-",
+                      tip or "-", chans, f"{len(r['peers'])}: {' '.join(r['peers'])}")
     Console().print(table)
 
 
