@@ -43,6 +43,7 @@ BLOCK_ACCEPTED = "block.accepted"
 CHAIN_REORG = "chain.reorg"
 CHAIN_LOADED = "chain.loaded"
 TX_ACCEPTED = "tx.accepted"
+TX_DROPPED = "tx.dropped"
 # channels (issue 4)
 CHANNEL_OPENING = "channel.opening"
 CHANNEL_OPENED = "channel.opened"
@@ -89,6 +90,7 @@ CATALOGUE: dict[str, str] = {
     CHAIN_REORG: "the best chain switched branches (depth, old_tip, new_tip, height)",
     CHAIN_LOADED: "layer 1 opened from the node's database at start (height, tip, blocks)",
     TX_ACCEPTED: "a transaction entered the mempool (txid)",
+    TX_DROPPED: "one of our own txs can never be mined: replaced by a self-transfer at its nonce (txid, reason, replaced_by)",
     CHANNEL_OPENING: "the opener posted a channel's funding to L1 (channel_id, peer, txid, capacity)",
     CHANNEL_OPENED: "a channel is usable (channel_id, peer, capacity)",
     CHANNEL_UPDATED: "a channel state was committed (channel_id, seq)",

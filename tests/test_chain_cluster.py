@@ -217,3 +217,24 @@ async def test_own_pending_txs_survive_a_crash(autojump_clock, memory_cluster_fa
     second = await cluster["n1"].call("chain.send", to="n3", amount=6)
     assert second["txid"] != first["txid"]
     assert (await cluster["n1"].call("mempool"))["size"] == 2  # nonce 1, not a reuse of 0
+
+
+async def test_an_unminable_own_tx_does_not_freeze_the_account(autojump_clock,
+                                                               memory_cluster_factory):
+    from p2p_l2.chain.tx import call
+    cluster = await memory_cluster_factory(chain_config(4, miners=(0,)))
+    n1 = cluster.nodes["n1"]
+    # a claim of an escrow that does not exist: admitted (calls are judged on the chain's
+    # state), but never minable
+    bad = call(n1.identity, cluster.config.cluster.name, "escrow", "claim", {"id": b"\\1" * 32},
+               n1.chain.next_nonce())
+    n1.chain._submit_one(bad)
+    after = await cluster["n1"].call("chain.send", to="n3", amount=5)  # queued behind it
+    dropped = await cluster.wait_for_event("n1", ev.TX_DROPPED, timeout=60)
+    assert dropped["txid"] == bad.txid.hex() and dropped["reason"] == "contract_error"
+
+    async def mined():  # the send queued behind the bad call goes through, exactly once
+        return (await cluster["n2"].call("chain.tx", txid=after["txid"]))["status"] == "confirmed"
+    await cluster.wait_for(mined, timeout=60)
+    n3 = cluster.nodes["n3"]
+    assert n3.chain.tree.state.balance(n3.identity.pubkey) == 50_005

@@ -25,6 +25,7 @@ from .block import Block, make_block
 from .mempool import Mempool
 from .store import ChainStore
 from .tree import AddResult, BlockTree
+from .ledger import apply_tx
 from .tx import Tx, TxRejected, transfer
 
 TOPIC_TX = "tx"
@@ -122,9 +123,40 @@ class ChainService:
                     continue
                 self.node.publish(TOPIC_TX, tx.encode(), force=True)
 
+    def _unstick_own(self) -> None:
+        """Our next tx can never be mined (e.g. a contract call that fails on the current
+        state), so nothing after it can be either: replace it, by fee, with a harmless
+        1-coin transfer to ourselves at the same nonce (a "cancel", as wallets do)."""
+        me = self.node.identity
+        state, height = self.tree.state, self.tree.height
+        nonce = state.nonce(me.pubkey)
+        head = next((tx for t in self.mempool.txids()
+                     if (tx := self.mempool.get(t)).sender == me.pubkey and tx.nonce == nonce),
+                    None)
+        if head is None or (head.kind == "transfer" and head.to == me.pubkey):
+            return
+        state.begin()
+        try:
+            apply_tx(state, head, height + 1, None, net=self.net)
+            return
+        except TxRejected as exc:
+            reason = exc.reason
+        finally:
+            state.abort()
+        cancel = transfer(me, self.net, me.pubkey, 1, nonce, fee=head.fee + 1)
+        try:
+            self._submit_one(cancel)
+        except ControlError as exc:
+            reason = f"{reason}; cancel refused: {exc.code}"
+        if self.wallet is not None:
+            self.wallet.execute("DELETE FROM own WHERE txid = ?", (head.txid,))
+        self.node.log.warning(ev.TX_DROPPED, txid=head.txid.hex(), nonce=nonce, reason=reason,
+                              replaced_by=cancel.txid.hex())
+
     async def _maintenance(self) -> None:
         while True:
             await trio.sleep(SYNC_EVERY)
+            self._unstick_own()
             self._resubmit_own()
             self.mempool.expire(self.node.wall())
             if self.node.links:
