@@ -162,7 +162,7 @@ async def test_tampered_block_copy_does_not_blacklist_the_real_one(autojump_cloc
     await cluster.wait_for(lambda: len(cluster.nodes["n0"].chain.mempool) == 1, timeout=10)
     await cluster.kill("n0")
     # the miner's real next block, and a copy with the tx signature swapped (same hash)
-    seed, net = cluster.config.cluster.seed, cluster.config.cluster.name
+    seed = cluster.config.cluster.seed
     n1 = cluster.nodes["n1"]
     txs = list(n1.chain.mempool.select(n1.chain.tree.state, 10))
     real = make_block(Identity.derive(seed, "n0"), n1.chain.tree.tip, txs, time=n1.wall())

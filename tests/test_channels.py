@@ -156,7 +156,7 @@ async def test_close_stale_against_an_offline_victim_meets_its_tower(autojump_cl
     from p2p_l2.config import loads_config
     cluster = await memory_cluster_factory(loads_config(TOWER))
     assert (await pay(cluster, "alice", "bob", 30_000))["status"] == "succeeded"
-    ch = await channel(cluster, "bob", "alice")
+    await channel(cluster, "bob", "alice")  # bob holds an open channel
     await cluster.wait_for(lambda: cluster.nodes["tower"].tower.states, timeout=10)
     b0 = await l1_balance(cluster, "bob")
     await cluster.kill("bob")

@@ -7,6 +7,7 @@ import trio.testing
 
 from p2p_l2 import events as ev
 from p2p_l2.errors import ControlError, RemoteProtocolError
+from p2p_l2.net.frames import receive_frame
 from p2p_l2.net.link import PeerLink
 from p2p_l2.testing import make_config
 from p2p_l2.wire import FrameDecoder, Handshake, Identity, encode_frame, session_pair
@@ -103,10 +104,7 @@ async def _raw_session(cluster, target: str, as_node: str):
     await stream.send_all(b"".join(encode_frame(b) for b in hs.start()))
     dec = FrameDecoder()
     while not hs.complete:
-        frame = dec.next_frame()
-        if frame is None:
-            dec.feed(await stream.receive_some(65536))
-            continue
+        frame = await receive_frame(stream, dec)
         await stream.send_all(b"".join(encode_frame(b) for b in hs.receive(frame)))
     return stream, hs.session()
 

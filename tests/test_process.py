@@ -4,7 +4,6 @@ Few and bounded: every wait has a deadline, and every cluster is stopped by its 
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,9 +18,10 @@ import trio
 from p2p_l2 import Cluster, events as ev
 from p2p_l2.cluster import rundir
 from p2p_l2.errors import ControlError
+from p2p_l2.net.frames import receive_frame
 from p2p_l2.node.control import ControlClient
 from p2p_l2.testing import make_config
-from p2p_l2.wire import FrameDecoder, Handshake, Identity, codec, encode_frame
+from p2p_l2.wire import FrameDecoder, Handshake, Identity, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "p2p_l2"]
@@ -119,13 +119,10 @@ async def _refused(port: int, ident: Identity, network: str) -> bool:
     with trio.fail_after(5):
         try:
             while True:
-                frame = dec.next_frame()
+                frame = await receive_frame(stream, dec)
                 if frame is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return True
-                    dec.feed(data)
-                elif not hs.complete:
+                    return True
+                if not hs.complete:
                     await stream.send_all(b"".join(encode_frame(b) for b in hs.receive(frame)))
         except Exception:
             return True

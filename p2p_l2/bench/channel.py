@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import trio
-from nacl.bindings import crypto_sign_seed_keypair
 
 from .. import events as ev
 from ..cluster.process import Cluster

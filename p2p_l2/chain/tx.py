@@ -7,6 +7,8 @@ Design: the txid hashes every field but the signature, which signs a domain tag 
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
@@ -243,19 +245,7 @@ class Tx:
         if identity.pubkey != self.sender:
             raise ValueError(f"{identity.name or 'identity'} is not the sender of {self!r}")
         sig = identity.sign(SIG_DOMAIN + self.txid)
-        tx = Tx(
-            self.net,
-            self.kind,
-            self.sender,
-            self.nonce,
-            self.fee,
-            self.to,
-            self.amount,
-            self.contract,
-            self.method,
-            self.args,
-            sig,
-        )
+        tx = dataclasses.replace(self, sig=sig)
         tx.__dict__["txid"] = self.txid  # the sig is not part of it
         return tx
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from dataclasses import dataclass, field
 from hashlib import blake2b
 

@@ -9,7 +9,6 @@ Protocol decisions live in the sans-IO cores; this file only moves bytes and tim
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
