@@ -167,13 +167,40 @@ async def test_close_stale_against_an_offline_victim_meets_its_tower(autojump_cl
     assert await l1_balance(cluster, "bob") == b0 + 50_000
 
 
+async def test_a_tower_without_fees_retries_once_funded(autojump_clock, memory_cluster_factory):
+    """The tower learns the channel's states before its chain shows the channel, cannot pay
+    the fee of its first challenge, and challenges again once someone funds it."""
+    from p2p_l2.config import loads_config
+    config = TOWER.replace("dispute_blocks = 6", "dispute_blocks = 12").replace(
+        "tower = 1000\n", "")
+    cluster = await memory_cluster_factory(loads_config(config))
+    assert (await pay(cluster, "alice", "bob", 30_000))["status"] == "succeeded"
+    await cluster.wait_for(lambda: cluster.nodes["tower"].tower.states, timeout=10)
+    b0 = await l1_balance(cluster, "bob")
+    await cluster.kill("bob")
+    await cluster["alice"].call("fault.misbehave", behaviour="close-stale")
+    failed = await cluster.wait_for_event("tower", ev.NODE_ERROR, timeout=60)
+    assert "insufficient_funds" in failed["error"]
+    await cluster["alice"].call("chain.send", to="tower", amount=100)  # not knowing why
+    retry = await cluster.wait_for_event("tower", ev.CHANNEL_CLOSING, kind="challenge",
+                                         timeout=60)
+    assert retry["attempt"] is True
+    await cluster.restart("bob")
+    await cluster.wait_for_event("bob", ev.CHANNEL_PENALIZED, timeout=60)
+    assert await l1_balance(cluster, "bob") == b0 + 50_000
+
+
 async def test_withheld_preimage_is_resolved_on_chain(autojump_clock, memory_cluster_factory):
     cluster = await memory_cluster_factory(line5())
     ch = await channel(cluster, "alice", "bob")
     a0 = await l1_balance(cluster, "alice")
     await cluster["bob"].call("fault.misbehave", behaviour="withhold-preimage")
-    res = await pay(cluster, "alice", "bob", 5_000, timeout=5.0)
-    assert res["status"] == "failed" and res["error"] == "timeout"
+    inv = await cluster["bob"].call("invoice.create", amount=5_000)
+    res = await cluster["alice"].call("pay", invoice=inv["invoice"], timeout=5.0)
+    assert res["status"] == "pending"  # the HTLC is out: it may still settle
+    with pytest.raises(ControlError) as err:  # paying it again would pay twice
+        await cluster["alice"].call("pay", invoice=inv["invoice"])
+    assert err.value.code == "duplicate_payment"
     closing = await cluster.wait_for_event("alice", ev.CHANNEL_CLOSING, kind="htlc_expiring",
                                            timeout=120)
     assert closing["channel_id"] == ch["channel_id"]
@@ -183,6 +210,9 @@ async def test_withheld_preimage_is_resolved_on_chain(autojump_clock, memory_clu
     async def refunded():  # the held HTLC came back to alice on chain after its expiry
         return await l1_balance(cluster, "alice") >= a0 + ch["local"] - 3
     await cluster.wait_for(refunded, timeout=120)
+    failed = await cluster.wait_for_event("alice", ev.PAYMENT_FAILED, timeout=10)
+    assert failed["payment_hash"] == res["payment_hash"]
+    assert failed["reason"] == "channel_closed_on_chain"
 
 
 async def test_unresponsive_peer_is_force_closed(autojump_clock, memory_cluster_factory):
@@ -190,12 +220,14 @@ async def test_unresponsive_peer_is_force_closed(autojump_clock, memory_cluster_
     ch = await channel(cluster, "alice", "bob")
     await cluster["bob"].call("fault.misbehave", behaviour="unresponsive")
     res = await pay(cluster, "alice", "bob", 100, timeout=3.0)
-    assert res["status"] == "failed"
+    assert res["status"] == "pending"
     closing = await cluster.wait_for_event("alice", ev.CHANNEL_CLOSING, kind="unresponsive_peer",
                                            timeout=60)
     assert closing["peer"] == "bob"
     await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"],
                                  timeout=120)
+    failed = await cluster.wait_for_event("alice", ev.PAYMENT_FAILED, timeout=10)
+    assert failed["payment_hash"] == res["payment_hash"]  # never committed: it simply failed
 
 
 async def test_fee_policy_updates_reach_payers(autojump_clock, memory_cluster_factory):
@@ -233,9 +265,13 @@ async def test_a_killed_hop_restarts_and_channels_resync(autojump_clock, memory_
         assert (await pay(cluster, "alice", "erin", 50))["status"] == "succeeded"
     await cluster.kill("carol")  # mid-route hop, kill -9 style: its tasks just stop
     res = await pay(cluster, "alice", "erin", 50, timeout=5.0)
-    assert res["status"] == "failed"
+    assert res["status"] == "pending"  # alice's HTLC to bob is out: it may yet settle
     await cluster.restart("carol")
     await cluster.wait_connected()
+    store = cluster.nodes["alice"].channels.store
+    await cluster.wait_for(  # and it does end, one way or the other, in alice's records
+        lambda: store.payment(bytes.fromhex(res["payment_hash"]))["status"] != "pending",
+        timeout=120)
 
     async def agreed():
         for a, b in (("bob", "carol"), ("carol", "dave")):
@@ -246,6 +282,23 @@ async def test_a_killed_hop_restarts_and_channels_resync(autojump_clock, memory_
     await cluster.wait_for(agreed, timeout=60)  # same committed state on both ends
     for _ in range(10):
         assert (await pay(cluster, "alice", "erin", 50))["status"] == "succeeded"
+
+
+async def test_a_payer_restarted_mid_payment_learns_how_it_ended(autojump_clock,
+                                                                 memory_cluster_factory):
+    cluster = await memory_cluster_factory(line5())
+    await cluster.kill("carol")
+    res = await pay(cluster, "alice", "erin", 50, timeout=5.0)
+    assert res["status"] == "pending"
+    await cluster.kill("alice")
+    await cluster.restart("alice")  # a new service: the payment comes back from SQLite
+    await cluster.restart("carol")
+    h = bytes.fromhex(res["payment_hash"])
+    store = cluster.nodes["alice"].channels.store
+    await cluster.wait_for(lambda: store.payment(h)["status"] != "pending", timeout=120)
+    await cluster.wait_connected()
+    again = await pay(cluster, "alice", "erin", 50)
+    assert again["status"] == "succeeded", again["error"]  # and alice pays on as before
 
 
 async def test_concurrent_payments_both_ways_never_fork(autojump_clock, memory_cluster_factory):
@@ -277,9 +330,13 @@ async def test_an_invoice_is_paid_once(autojump_clock, memory_cluster_factory):
     cluster = await memory_cluster_factory(line5())
     inv = await cluster["erin"].call("invoice.create", amount=100)
     first = await cluster["alice"].call("pay", invoice=inv["invoice"])
-    again = await cluster["alice"].call("pay", invoice=inv["invoice"])
     assert first["status"] == "succeeded"
-    assert again["status"] == "failed" and "invoice_already_paid" in again["error"]
+    local = (await channel(cluster, "alice", "bob"))["local"]
+    again = await cluster["alice"].call("pay", invoice=inv["invoice"])
+    assert again == first  # the payer's own record answers: nothing is paid twice
+    assert (await channel(cluster, "alice", "bob"))["local"] == local
+    other = await cluster["bob"].call("pay", invoice=inv["invoice"])
+    assert other["status"] == "failed" and "invoice_already_paid" in other["error"]
 
 
 async def test_a_close_one_state_behind_is_corrected_not_punished(autojump_clock,
@@ -321,3 +378,60 @@ async def test_crossing_cooperative_closes_settle_once(autojump_clock, memory_cl
     async def confirmed():
         return (await cluster["carol"].call("chain.tx", txid=res["txid"]))["status"] == "confirmed"
     await cluster.wait_for(confirmed, timeout=60)
+
+
+DIAMOND = """
+[cluster]
+name = "diamond"
+seed = 5
+[accounts]
+alice = 200000
+bob = 100000
+carol = 100000
+dave = 100000
+[[node]]
+name = "miner"
+roles = ["miner"]
+[[node]]
+name = "alice"
+roles = ["channels"]
+[[node]]
+name = "bob"
+roles = ["channels"]
+[[node]]
+name = "carol"
+roles = ["channels"]
+[[node]]
+name = "dave"
+roles = ["channels"]
+[topology]
+links = [["miner", "alice"], ["miner", "dave"]]
+[[channel]]
+between = ["alice", "bob"]
+funding = [50000, 0]
+[[channel]]
+between = ["bob", "dave"]
+funding = [0, 50000]
+[[channel]]
+between = ["bob", "carol"]
+funding = [50000, 0]
+[[channel]]
+between = ["carol", "dave"]
+funding = [50000, 0]
+"""
+
+
+async def test_a_retry_routes_around_the_channel_that_failed(autojump_clock,
+                                                            memory_cluster_factory):
+    """bob's channel to dave has no balance on bob's side: the direct route through bob
+    fails there, the failure names that channel (not alice's first hop, which would leave
+    no route at all), and the retry goes bob -> carol -> dave."""
+    from p2p_l2.config import loads_config
+    cluster = await memory_cluster_factory(loads_config(DIAMOND))
+    await cluster["carol"].call("channel.policy", base_fee=20, fee_ppm=0)
+    await cluster.wait_for(lambda: any(
+        20 in (c["policy_a"]["base_fee"], c["policy_b"]["base_fee"])
+        for c in cluster.nodes["alice"].channels.graph.to_dict()["channels"]), timeout=10)
+    res = await pay(cluster, "alice", "dave", 1_000)
+    assert res["status"] == "succeeded" and res["attempts"] == 2
+    assert res["route"] == ["alice", "bob", "carol", "dave"]

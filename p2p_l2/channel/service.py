@@ -60,6 +60,21 @@ def _hex(b: bytes) -> str:
     return b.hex()
 
 
+def _blame(reason: str, cid: bytes | None) -> str:
+    """A failure reason that names the channel at fault: `reason@cid-hex`."""
+    return f"{reason}@{cid.hex()}" if cid else reason
+
+
+def _blamed(reason: str | None) -> bytes | None:
+    """The channel a failure reason blames, if it names a well-formed one."""
+    _, at, tail = (reason or "").rpartition("@")
+    try:
+        cid = bytes.fromhex(tail) if at else b""
+    except ValueError:
+        return None
+    return cid if len(cid) == 32 else None
+
+
 @dataclass
 class Chan:
     """What the service knows of one of its channels besides the machine's state."""
@@ -108,13 +123,15 @@ class ChannelService:
         self._tower_dirty: set[bytes] = set()
         self._load()
         self.outgoing.update(self.store.forwards())  # a restarted hop still passes preimages up
+        self._reattach_payments()
+        self._policy_seen: dict[tuple[bytes, bytes], float] = {}
+        self._load_graph()
         for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
             node.handlers[kind] = self._on_machine_msg(kind)
         for kind in ("ch_open", "ch_accept", "ch_funded", "ch_refuse", "ch_close", "ch_close_sig"):
             node.handlers[kind] = getattr(self, "_on_" + kind)
         node.gossip.add_validator(TOPIC_CHAN, self._on_announcement)
         node.gossip.add_validator(TOPIC_UPDATE, self._on_policy_update)
-        self._policy_seen: dict[tuple[bytes, bytes], float] = {}
         node.on_connect.append(self._peer_up)
         node.on_disconnect.append(self._peer_down)
         self.chain.on_tip.append(self._on_tip)
@@ -140,6 +157,28 @@ class ChannelService:
             self.channels[cid] = ch
             if ch.status in ("opening", "open") and ch.signed is not None:
                 self._make_machine(ch)
+
+    def _reattach_payments(self) -> None:
+        """Our payments that were pending when we stopped: an HTLC still in a channel is
+        followed to its end; without one the outcome is whether we learned the preimage."""
+        for h, info in self.store.payments().items():
+            if info["status"] != "pending":
+                continue
+            offered = [(ch.cid, x.id) for ch in self.channels.values() if ch.signed
+                       for x in ch.signed.state.htlcs
+                       if x.offerer == ch.party and x.payment_hash == h]
+            for key in offered:
+                self.outgoing[key] = h
+            if not offered:
+                self._conclude(h, info, self.store.preimage(h), "interrupted")
+
+    def _load_graph(self) -> None:
+        anns, policies = self.store.graph()
+        for ann in anns:
+            self._add_to_graph(ann)  # _on_tip drops those closed meanwhile
+        for cid, node, pol, ts in policies:
+            if cid in self.graph and self.graph.update_policy(cid, node, tuple(pol)):
+                self._policy_seen[(cid, node)] = ts
 
     def _save(self, ch: Chan) -> None:
         self.store.put_channel(ch.cid, ch.info())
@@ -311,6 +350,7 @@ class ChannelService:
             rec = contract.channel_record(tree.state, cid)
             if rec is None or rec["status"] != "open":  # closed (or reorged away): unroutable
                 self.graph.remove_channel(cid)
+                self.store.drop_announcement(cid)
         for ch in list(self.channels.values()):
             try:
                 self._watch(ch, height, tree.state)
@@ -361,18 +401,24 @@ class ChannelService:
         mine = ch.signed.state.seq if ch.signed else 0
         if rec["status"] == "closing":
             stale = rec.get("closer") != ch.party and rec.get("seq", 0) < mine
-            if stale and not ch.closing.get("challenged"):
-                ch.closing["challenged"] = self.chain.submit_own(lambda n: contract.challenge_tx(
+            last = ch.closing.get("challenged")  # [txid, height] of our last challenge
+            if stale and height < rec["dispute_until"] and (
+                    last is None or height >= last[1] + TowerService.RETRY_BLOCKS):
+                txid = self.chain.submit_own(lambda n: contract.challenge_tx(
                     self.node.identity, self.net, ch.cid, ch.signed, n))
+                ch.closing["challenged"] = [txid, height]
                 self._save(ch)
                 self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid), kind="challenge",
-                                      posted_seq=rec.get("seq"), our_seq=mine)
+                                      posted_seq=rec.get("seq"), our_seq=mine,
+                                      attempt=last is not None)
             elif (height >= rec["dispute_until"] + (0 if rec.get("closer") == ch.party else 3)
                   and not ch.closing.get("settle")):  # one settle tx, not two racing
                 ch.closing["settle"] = self.chain.submit_own(lambda n: contract.settle_tx(
                     self.node.identity, self.net, ch.cid, n))
                 self._save(ch)
         self._resolve_htlcs_on_chain(ch, rec, height)
+        if rec["status"] in ("settled", "closed"):
+            self._fail_lost_htlcs(ch, rec)
         if rec["status"] in ("settled", "closed") and not ch.closing.get("settled"):
             ch.closing["settled"] = True
             self._save(ch)
@@ -385,6 +431,15 @@ class ChannelService:
         if rec["status"] == "closed":
             ch.status = "closed"
             self._save(ch)
+
+    def _fail_lost_htlcs(self, ch: Chan, rec: dict) -> None:
+        """Our HTLCs that the close refunded, that it did not carry, or that a penalty
+        swept: they failed (our payment ends, a forwarded one fails upstream)."""
+        ours = {h["id"]: h["status"] for h in rec.get("htlcs", []) if h["offerer"] == ch.party}
+        for cid, hid in [k for k in self.outgoing if k[0] == ch.cid]:
+            status = ours.get(hid)
+            if rec.get("penalized") or status in (None, "refunded"):
+                self._on_htlc_settled(ch, hid, reason="channel_closed_on_chain")
 
     def _resolve_htlcs_on_chain(self, ch: Chan, rec: dict, height: int) -> None:
         """After a forced close: claim what we can prove (preimage) before expiry, refund
@@ -419,6 +474,7 @@ class ChannelService:
                "pol": list(self.policy)}
         self.node.publish(TOPIC_CHAN, msgpack.packb(ann, use_bin_type=True), force=force)
         self._add_to_graph(ann)
+        self.store.put_announcement(ch.cid, ann)
 
     def _add_to_graph(self, ann: dict) -> None:
         pol = tuple(ann["pol"])
@@ -442,6 +498,7 @@ class ChannelService:
             self._add_to_graph(ann)
         except LocalProtocolError as exc:
             raise RemoteProtocolError("bad_announcement", str(exc)) from None
+        self.store.put_announcement(cid, ann)
 
     def set_policy(self, base_fee: int | None = None, fee_ppm: int | None = None,
                    expiry_delta: int | None = None) -> dict:
@@ -484,6 +541,7 @@ class ChannelService:
         except LocalProtocolError as exc:
             raise RemoteProtocolError("bad_announcement", str(exc)) from None
         self._policy_seen[(cid, node)] = ts
+        self.store.put_policy(cid, node, pol, ts)
 
     def graph_info(self) -> dict:
         g = self.graph.to_dict()
@@ -584,8 +642,12 @@ class ChannelService:
             return
         for cid in list(self._tower_dirty):
             ch = self.channels.get(cid)
-            if ch is None or ch.signed is None or self.node.send(
-                    tower, "tw_state", {"cid": cid, "signed": ch.signed.to_wire()}):
+            if ch is None or ch.signed is None:
+                self._tower_dirty.discard(cid)
+                continue
+            a, b = self._pks(ch)
+            if self.node.send(tower, "tw_state", {"cid": cid, "a": a, "b": b,
+                                                  "signed": ch.signed.to_wire()}):
                 self._tower_dirty.discard(cid)
 
     # -- payments ------------------------------------------------------------------------
@@ -620,9 +682,14 @@ class ChannelService:
         me = self.node.identity.pubkey
         if payee == me:
             raise ControlError("bad_params", "that payment is to ourselves")
-        if h in self.payments:
+        prior = self.store.payment(h)
+        if prior is not None and prior["status"] == "succeeded":
+            return prior["result"]  # paying twice is asking again, not paying again
+        if h in self.payments or (prior is not None and prior["status"] == "pending"):
             raise ControlError("duplicate_payment", "this payment is in progress")
         t0 = trio.current_time()
+        self.store.put_payment(h, {"status": "pending", "amount": amount})
+        info = {"amount": amount, "t0": t0}  # and the route, once there is one
         self.node.log.info(ev.PAYMENT_SENT, payment_hash=_hex(h), amount=amount,
                            payee=self.node.names.get(payee, _hex(payee)))
         exclude: set = set()
@@ -635,33 +702,52 @@ class ChannelService:
                 except NoRoute as exc:
                     error = f"no_route: {exc.reason}" if route is None else f"{error} (no other route)"
                     break
+                info["route"] = route
+                info["attempts"] = info.get("attempts", 0) + 1
                 pay = await self._attempt(h, amount, route, secret)
                 if pay.preimage is not None:
-                    return self._paid(h, amount, route, t0)
+                    return self._conclude(h, info, pay.preimage)
                 error = pay.error or "failed"
                 if pay.failed_cid is None or pay.failed_cid in exclude:
                     break
                 exclude.add(pay.failed_cid)
-        if scope.cancelled_caught:
-            error = "timeout"
-        self.payments.pop(h, None)
-        self.node.log.warning(ev.PAYMENT_FAILED, payment_hash=_hex(h), reason=error,
-                              latency=trio.current_time() - t0)
-        return {"status": "failed", "payment_hash": _hex(h), "error": error,
-                "route": self._names(route), "fee": route.fee if route else 0}
+        pay = self.payments.get(h)
+        if scope.cancelled_caught and pay is not None and not pay.done.is_set():
+            # our HTLC is out there and may still settle: say so, and log the end when it comes
+            self.node.spawn(self._conclude_later, h, info, pay)
+            return {"status": "pending", "payment_hash": _hex(h), "route": self._names(route),
+                    "fee": route.fee if route else 0, "error": "timeout: the HTLC is pending"}
+        return self._conclude(h, info, None, "timeout" if scope.cancelled_caught else error)
+
+    async def _conclude_later(self, h: bytes, info: dict, pay: Payment) -> None:
+        await pay.done.wait()
+        self._conclude(h, info, pay.preimage, pay.error or "failed")
 
     def _names(self, route) -> list[str]:
         if route is None:
             return []
         return [self.node.names.get(n, _hex(n)) for n in route.nodes]
 
-    def _paid(self, h: bytes, amount: int, route, t0: float) -> dict:
+    def _conclude(self, h: bytes, info: dict, preimage: bytes | None, error: str = "") -> dict:
+        """The end of one of our payments: logged, persisted, and the `pay` result."""
         self.payments.pop(h, None)
-        latency = trio.current_time() - t0
-        self.node.log.info(ev.PAYMENT_SUCCEEDED, payment_hash=_hex(h), latency=latency,
-                           fee=route.fee, hops=len(route.hops), amount=amount)
-        return {"status": "succeeded", "payment_hash": _hex(h), "route": self._names(route),
-                "fee": route.fee}
+        route = info.get("route")
+        t0 = info.get("t0")  # None for a payment begun before a restart
+        latency = trio.current_time() - t0 if t0 is not None else None
+        res = {"payment_hash": _hex(h), "route": self._names(route),
+               "fee": route.fee if route else 0, "attempts": info.get("attempts", 0)}
+        if preimage is not None:
+            res["status"] = "succeeded"
+            self.node.log.info(ev.PAYMENT_SUCCEEDED, payment_hash=_hex(h), latency=latency,
+                               fee=res["fee"], hops=len(route.hops) if route else None,
+                               amount=info["amount"])
+        else:
+            res.update(status="failed", error=error)
+            self.node.log.warning(ev.PAYMENT_FAILED, payment_hash=_hex(h), reason=error,
+                                  latency=latency)
+        self.store.put_payment(h, {"status": res["status"], "amount": info["amount"],
+                                   "result": res})
+        return res
 
     async def _attempt(self, h: bytes, amount: int, route, secret: bytes | None) -> Payment:
         first = route.hops[0]
@@ -705,18 +791,20 @@ class ChannelService:
             return
         out = self._channel_to(payload["next"], payload.get("cid"))
         fee = htlc.amount - payload["amt"]
+        # a failure names the channel the payer should route around (see _blamed)
         if out is None:
-            ch.machine.fail_htlc(htlc.id, "unknown_next_peer")
+            ch.machine.fail_htlc(htlc.id, _blame("unknown_next_peer", payload.get("cid")))
         elif fee < self.policy.fee(payload["amt"]):
-            ch.machine.fail_htlc(htlc.id, "fee_insufficient")
+            ch.machine.fail_htlc(htlc.id, _blame("fee_insufficient", out.cid))
         elif htlc.expiry - payload["exp"] < self.policy.expiry_delta:
-            ch.machine.fail_htlc(htlc.id, "expiry_too_soon")
+            ch.machine.fail_htlc(htlc.id, _blame("expiry_too_soon", out.cid))
         else:
             try:
                 out_id = out.machine.add_htlc(payload["amt"], htlc.payment_hash, payload["exp"],
                                               next_onion or b"")
             except (m.InvalidOp, LocalProtocolError) as exc:
-                ch.machine.fail_htlc(htlc.id, f"temporary_channel_failure:{getattr(exc, 'reason', '')}")
+                reason = f"temporary_channel_failure:{getattr(exc, 'reason', '')}"
+                ch.machine.fail_htlc(htlc.id, _blame(reason, out.cid))
                 return
             self.outgoing[(out.cid, out_id)] = (ch.cid, htlc.id)
             self.store.put_forward(out.cid, out_id, ch.cid, htlc.id)  # before it is proposed
@@ -775,11 +863,12 @@ class ChannelService:
             if pay is not None:
                 pay.preimage = preimage
                 if preimage is None:
-                    pay.error, pay.failed_cid = reason, ch.cid if reason and reason.startswith(
-                        ("temporary", "local", "unknown_next")) else pay.failed_cid
-                    if reason and "temporary_channel_failure" in reason:
-                        pay.failed_cid = ch.cid
+                    pay.error, pay.failed_cid = reason, _blamed(reason) or pay.failed_cid
                 pay.done.set()
+            else:  # a payment begun before a restart
+                info = self.store.payment(src)
+                if info is not None and info["status"] == "pending":
+                    self._conclude(src, info, preimage, reason or "failed")
             return
         in_cid, in_id = src
         self.store.drop_forward(ch.cid, hid)
@@ -913,7 +1002,13 @@ class ChannelService:
 
 class TowerService:
     """A watchtower (role `watchtower`): keeps its clients' latest states and challenges a
-    close that posts an older one, even while the client is offline."""
+    close that posts an older one, even while the client is offline.  A state is checked
+    against the parties the client names (one of them the client), so the tower takes it
+    even before its own chain has the channel; the channel's L1 record must name the same
+    parties before the tower acts.  A challenge that is not mined within RETRY_BLOCKS is sent
+    again while the dispute window lasts."""
+
+    RETRY_BLOCKS = 3
 
     def __init__(self, node):
         self.node = node
@@ -921,9 +1016,10 @@ class TowerService:
         self.net = node.config.cluster.name
         self.clients = {n.name for n in node.config.nodes if n.watchtower == node.name}
         self.store = ChannelStore(node.data_dir / "tower.sqlite" if node.data_dir else None)
-        self.states = {cid: SignedState.from_wire(w) for cid, (_, _, w, _) in
-                       self.store.tower_states().items()}
-        self.challenged: set[bytes] = set()
+        self.states: dict[bytes, tuple[bytes, bytes, SignedState]] = {
+            cid: (info["a"], info["b"], SignedState.from_wire(w))
+            for cid, (_, _, w, info) in self.store.tower_states().items()}
+        self.challenged: dict[bytes, int] = {}  # cid -> height of our last challenge
         node.handlers["tw_state"] = self._on_state
         self.chain.on_tip.append(self._on_tip)
 
@@ -931,32 +1027,37 @@ class TowerService:
         if peer not in self.clients:
             raise RemoteProtocolError("not_a_client", peer)
         signed = SignedState.from_wire(p["signed"])
-        rec = contract.channel_record(self.chain.tree.state, p["cid"])
-        if rec is None or signed.state.cid != p["cid"] or not signed.verify(self.net, rec["a"], rec["b"]):
-            raise RemoteProtocolError("bad_state", "no such channel or not both signatures")
-        old = self.states.get(p["cid"])
-        if old is None or signed.state.seq > old.state.seq:
-            self.states[p["cid"]] = signed
-            self.store.put_tower_state(p["cid"], peer, signed.state.seq, signed.to_wire(), {})
+        a, b, cid = p["a"], p["b"], p["cid"]
+        if self.node.pubkeys[peer] not in (a, b) or signed.state.cid != cid:
+            raise RemoteProtocolError("bad_state", "not the client's channel")
+        if not signed.verify(self.net, a, b):
+            raise RemoteProtocolError("bad_state", "not signed by both parties")
+        old = self.states.get(cid)
+        if old is None or signed.state.seq > old[2].state.seq:
+            self.states[cid] = (a, b, signed)
+            self.store.put_tower_state(cid, peer, signed.state.seq, signed.to_wire(),
+                                       {"a": a, "b": b})
 
     def _on_tip(self) -> None:
         state, height = self.chain.tree.state, self.chain.tree.height
-        for cid, signed in self.states.items():
+        for cid, (a, b, signed) in self.states.items():
             rec = contract.channel_record(state, cid)
-            if rec is None or cid in self.challenged:
+            if (rec is None or rec["status"] != "closing" or (rec["a"], rec["b"]) != (a, b)
+                    or rec["seq"] >= signed.state.seq or height >= rec["dispute_until"]):
                 continue
-            if (rec["status"] == "closing" and rec["seq"] < signed.state.seq
-                    and height < rec["dispute_until"]):
-                self.challenged.add(cid)
-                try:
-                    txid = self.chain.submit_own(lambda n: contract.challenge_tx(
-                        self.node.identity, self.net, cid, signed, n))
-                except ControlError as exc:
-                    self.node.log.warning(ev.NODE_ERROR, error=f"tower challenge failed: {exc}")
-                    continue
-                self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(cid), kind="challenge",
-                                      by="tower", txid=txid, posted_seq=rec["seq"],
-                                      our_seq=signed.state.seq)
+            last = self.challenged.get(cid)
+            if last is not None and height < last + self.RETRY_BLOCKS:
+                continue
+            self.challenged[cid] = height
+            try:
+                txid = self.chain.submit_own(lambda n: contract.challenge_tx(
+                    self.node.identity, self.net, cid, signed, n))
+            except ControlError as exc:
+                self.node.log.warning(ev.NODE_ERROR, error=f"tower challenge failed: {exc}")
+                continue
+            self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(cid), kind="challenge",
+                                  by="tower", txid=txid, posted_seq=rec["seq"],
+                                  our_seq=signed.state.seq, attempt=last is not None)
 
 
-codec.register("tw_state", fields(cid=Bytes(32), signed=dict))
+codec.register("tw_state", fields(cid=Bytes(32), a=Bytes(32), b=Bytes(32), signed=dict))

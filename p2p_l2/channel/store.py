@@ -21,6 +21,8 @@ CREATE TABLE IF NOT EXISTS invoices (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (hash BLOB PRIMARY KEY, info BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS forwards (out_cid BLOB, out_id INTEGER, in_cid BLOB, in_id INTEGER,
                                      PRIMARY KEY (out_cid, out_id));
+CREATE TABLE IF NOT EXISTS graph (cid BLOB PRIMARY KEY, ann BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (cid BLOB, node BLOB, pol BLOB, ts REAL, PRIMARY KEY (cid, node));
 CREATE TABLE IF NOT EXISTS tower (cid BLOB PRIMARY KEY, client TEXT, seq INTEGER, signed BLOB, info BLOB);
 """
 
@@ -87,6 +89,10 @@ class ChannelStore:
     def put_payment(self, h: bytes, info: dict) -> None:
         self._put("INSERT OR REPLACE INTO payments VALUES (?, ?)", h, _pack(info))
 
+    def payment(self, h: bytes) -> dict | None:
+        row = self.db.execute("SELECT info FROM payments WHERE hash = ?", (h,)).fetchone()
+        return _unpack(row[0]) if row else None
+
     def payments(self) -> dict[bytes, dict]:
         return {h: _unpack(i) for h, i in self.db.execute("SELECT hash, info FROM payments")}
 
@@ -99,6 +105,22 @@ class ChannelStore:
 
     def forwards(self) -> dict[tuple[bytes, int], tuple[bytes, int]]:
         return {(oc, oi): (ic, ii) for oc, oi, ic, ii in self.db.execute("SELECT * FROM forwards")}
+
+    # the channel graph learned from gossip (so a restarted node can route at once)
+    def put_announcement(self, cid: bytes, ann: dict) -> None:
+        self._put("INSERT OR REPLACE INTO graph VALUES (?, ?)", cid, _pack(ann))
+
+    def drop_announcement(self, cid: bytes) -> None:
+        self._put("DELETE FROM graph WHERE cid = ?", cid)
+        self._put("DELETE FROM policies WHERE cid = ?", cid)
+
+    def put_policy(self, cid: bytes, node: bytes, pol: list, ts: float) -> None:
+        self._put("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?)", cid, node, _pack(pol), ts)
+
+    def graph(self) -> tuple[list[dict], list[tuple[bytes, bytes, list, float]]]:
+        anns = [_unpack(a) for (a,) in self.db.execute("SELECT ann FROM graph")]
+        pols = [(c, n, _unpack(p), ts) for c, n, p, ts in self.db.execute("SELECT * FROM policies")]
+        return anns, pols
 
     # watchtower
     def put_tower_state(self, cid: bytes, client: str, seq: int, signed_wire: dict, info: dict) -> None:
