@@ -50,3 +50,4 @@ def register(contract: Contract) -> Contract:
 # Built-in contracts register themselves on import; later layers add theirs the same way.
 from . import escrow  # noqa: E402,F401
 from . import channel  # noqa: E402,F401
+from . import plasma  # noqa: E402,F401
