@@ -32,6 +32,7 @@ __all__ = [
     "PlasmaBlock",
     "PlasmaTx",
     "confirm_digest",
+    "deposit_block",
     "deposit_tx",
     "pos_block",
     "position",
@@ -187,3 +188,8 @@ class PlasmaBlock:
         if len(d[1]) > MAX_BLOCK_TXS:
             raise RemoteProtocolError("bad_plasma_block", f"more than {MAX_BLOCK_TXS} txs")
         return cls(d[0], tuple(PlasmaTx.from_wire(t) for t in d[1]))
+
+
+def deposit_block(chain: bytes, number: int, owner: bytes, amount: int) -> PlasmaBlock:
+    """Deposit block `number`: the one deposit tx the L1 contract committed for it."""
+    return PlasmaBlock(number, (deposit_tx(chain, owner, amount),))
