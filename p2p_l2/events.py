@@ -55,7 +55,9 @@ PAYMENT_SENT = "payment.sent"
 PAYMENT_SUCCEEDED = "payment.succeeded"
 PAYMENT_FAILED = "payment.failed"
 # plasma (issue 5)
+PLASMA_BLOCK_MADE = "plasma.block.made"
 PLASMA_BLOCK_COMMITTED = "plasma.block.committed"
+PLASMA_TX_REJECTED = "plasma.tx.rejected"
 PLASMA_EXIT_STARTED = "plasma.exit.started"
 PLASMA_EXIT_CHALLENGED = "plasma.exit.challenged"
 PLASMA_EXIT_FINALIZED = "plasma.exit.finalized"
@@ -100,11 +102,13 @@ CATALOGUE: dict[str, str] = {
     PAYMENT_SENT: "a payment left the payer (payment_hash, amount)",
     PAYMENT_SUCCEEDED: "a payment settled (payment_hash, latency, fee, hops)",
     PAYMENT_FAILED: "a payment failed (payment_hash, reason)",
-    PLASMA_BLOCK_COMMITTED: "a plasma block root reached L1 (height)",
-    PLASMA_EXIT_STARTED: "a plasma exit was posted (pos)",
-    PLASMA_EXIT_CHALLENGED: "a plasma exit was challenged (pos)",
-    PLASMA_EXIT_FINALIZED: "a plasma exit paid out (pos, amount)",
-    WATCHER_ALERT: "a plasma watcher saw misbehaviour (kind)",
+    PLASMA_BLOCK_MADE: "the operator made a child block and sent its root to L1 (number, txs, invalid)",
+    PLASMA_BLOCK_COMMITTED: "operator: a child block's root reached L1 (number, height)",
+    PLASMA_TX_REJECTED: "a plasma tx was refused by the operator (tx_hash, reason)",
+    PLASMA_EXIT_STARTED: "a plasma exit was posted by its owner (pos, amount, txid; spent=true: a byzantine exit of a spent output)",
+    PLASMA_EXIT_CHALLENGED: "a watcher challenged an exit of a spent output (pos, txid)",
+    PLASMA_EXIT_FINALIZED: "one of our plasma exits paid out on L1 (pos, amount)",
+    WATCHER_ALERT: "a plasma watcher saw misbehaviour (kind: block_withholding | invalid_block | invalid_exit | unchallenged_exit, detail)",
 }
 
 

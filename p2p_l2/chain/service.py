@@ -107,8 +107,9 @@ class ChainService:
             self.mine_block()
 
     def _resubmit_own(self) -> None:
-        """Put our own txs that are not on chain yet back in the pool (after a restart) and
-        forget those the chain has passed."""
+        """Put our own txs that are not on chain yet back in the pool (after a restart),
+        announce them again (a tx sent before any link was up reached nobody), and forget
+        those the chain has passed."""
         if self.wallet is None:
             return
         state = self.tree.state
@@ -116,11 +117,12 @@ class ChainService:
             tx = Tx.from_wire(_unpack(blob, "tx"))
             if tx.nonce < state.nonce(tx.sender):
                 self.wallet.execute("DELETE FROM own WHERE txid = ?", (txid,))
-            elif txid not in self.mempool:
-                try:
-                    self._admit(tx)
-                except RemoteProtocolError:
-                    continue
+            else:
+                if txid not in self.mempool:
+                    try:
+                        self._admit(tx)
+                    except RemoteProtocolError:
+                        continue
                 self.node.publish(TOPIC_TX, tx.encode(), force=True)
 
     def _unstick_own(self) -> None:

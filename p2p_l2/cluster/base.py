@@ -131,6 +131,22 @@ class ClusterBase(ABC):
             return done == len(specs)
         await self.wait_for(ready, timeout, what="every [[channel]] open and announced")
 
+    async def wait_plasma_ready(self, timeout: float = 120.0, report=None) -> None:
+        """Wait until every plasma chain is registered on L1 and every user's configured
+        `plasma_deposit` is in its plasma balance (what `up` waits for)."""
+        users = [n for n in self.config.nodes if "plasma-user" in n.roles and n.plasma_deposit]
+        if not users:
+            return
+
+        async def ready() -> bool:
+            done = 0
+            for n in users:
+                done += (await self[n.name].call("plasma.balance"))["total"] >= n.plasma_deposit
+            if report:
+                report("plasma deposits", done, len(users))
+            return done == len(users)
+        await self.wait_for(ready, timeout, what="every plasma_deposit in its plasma chain")
+
     async def start_workload(self, spec, id: str) -> None:
         """Start a `[[workload]]` on each of its `from` nodes, the rate split between them."""
         senders = [n for n in spec.from_ if self.alive(n)]

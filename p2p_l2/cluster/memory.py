@@ -119,6 +119,7 @@ async def open_memory_cluster(config: Config, *, data_dir: Path | None = None,
                 await cluster.start(name)
             await cluster.wait_connected(connect_timeout)
             await cluster.open_config_channels(connect_timeout)
+            await cluster.wait_plasma_ready(connect_timeout)
             try:
                 yield cluster
             finally:

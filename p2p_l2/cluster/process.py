@@ -107,6 +107,7 @@ class Cluster(ClusterBase):
                 await self._wait_listening(names, report)
                 await self._wait_links(report)
                 await self.open_config_channels(timeout, report)
+                await self.wait_plasma_ready(timeout, report)
             except trio.TooSlowError:
                 raise NodeStartError(f"cluster not ready after {timeout}s") from None
         seconds = time.monotonic() - t0

@@ -20,6 +20,7 @@ import trio
 from .. import events as ev
 from ..chain.service import ChainService
 from ..channel.service import ChannelService, TowerService
+from ..plasma.service import OperatorService, UserService
 from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
 from ..faults.links import LinkFaults
@@ -94,6 +95,9 @@ class Node:
         self.chain = ChainService(self)  # every node validates layer 1
         self.channels = ChannelService(self) if "channels" in self.spec.roles else None
         self.tower = TowerService(self) if "watchtower" in self.spec.roles else None
+        roles = self.spec.roles
+        self.plasma = OperatorService(self) if "plasma-operator" in roles else None
+        self.plasma_user = UserService(self) if "plasma-user" in roles else None
         for method, fn in {"status": self.status, "peers": self.peers, "shutdown": self.shutdown,
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
                            "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
