@@ -20,6 +20,11 @@ SUMMARY = [
     (ev.PAYMENT_SUCCEEDED, "payments succeeded"), (ev.PAYMENT_FAILED, "payments failed"),
     (ev.CHANNEL_CLOSING, "channel close steps"), (ev.CHANNEL_PENALIZED, "stale closes punished"),
     (ev.CHANNEL_SETTLED, "channel settlements seen"), (ev.PEER_BANNED, "peers banned"),
+    (ev.PLASMA_BLOCK_COMMITTED, "plasma blocks committed"),
+    (ev.PLASMA_TX_REJECTED, "plasma txs refused"), (ev.WATCHER_ALERT, "plasma watcher alerts"),
+    (ev.PLASMA_EXIT_STARTED, "plasma exits started"),
+    (ev.PLASMA_EXIT_CHALLENGED, "plasma exits challenged"),
+    (ev.PLASMA_EXIT_FINALIZED, "plasma exits paid out"),
     (ev.MSG_REJECTED, "messages rejected"), (ev.FAULT_APPLIED, "faults applied (node-events)"),
 ]
 

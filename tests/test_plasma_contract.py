@@ -117,8 +117,14 @@ def confirm(who: Identity, t: PlasmaTx, block: PlasmaBlock) -> bytes:
 
 
 def exit_tx(state: State, who: Identity, pos: int, t: PlasmaTx, proof: list[bytes],
-            bond: int = BOND) -> Tx:
-    return pl.start_exit_tx(who, NET, OP, pos, t, proof, bond, nonce(state, who))
+            bond: int = BOND, confirms=()) -> Tx:
+    return pl.start_exit_tx(who, NET, OP, pos, t, proof, bond, nonce(state, who),
+                            confirms=confirms)
+
+
+def confirms_of(t: PlasmaTx, block: PlasmaBlock, *owners: Identity) -> list:
+    """What start_exit wants for an output of `t`: (owner, confirmation) per input."""
+    return [(o.pubkey, confirm(o, t, block)) for o in owners]
 
 
 def process(state: State, who: Identity = W) -> Tx:
@@ -261,7 +267,8 @@ def test_start_exit_of_a_child_block_output(state):
     registered(state)
     _, t, block, _ = spend_block(state, height=3)
     pos = position(1000, 1, 0)
-    apply(state, exit_tx(state, B, pos, t, block.proof(1)), height=5)
+    apply(state, exit_tx(state, B, pos, t, block.proof(1), confirms=confirms_of(t, block, A)),
+          height=5)
     assert exit_of(state, pos) == {
         "owner": B.pubkey, "amount": 60, "bond": BOND, "started": 5,
         "exitable_at": max(5 + EXIT, 3 + 2 * EXIT), "status": "pending", "challenger": None}
@@ -274,24 +281,30 @@ def test_start_exit_of_a_child_block_output(state):
 def test_start_exit_misuse(state):
     registered(state)
     dpos, t, block, filler = spend_block(state)
-    pos, proof = position(1000, 1, 0), block.proof(1)
+    pos, proof, cf = position(1000, 1, 0), block.proof(1), confirms_of(t, block, A)
+
+    def ex(who: Identity, pos: int, t: PlasmaTx, proof: list[bytes], **kw) -> Tx:
+        return exit_tx(state, who, pos, t, proof, confirms=kw.pop("confirms", cf), **kw)
+
     for bond in (0, BOND - 1, BOND + 1):
-        assert "bond" in rejected(state, exit_tx(state, B, pos, t, proof, bond=bond))
-    assert "owner" in rejected(state, exit_tx(state, A, pos, t, proof))  # B's output
-    assert "owner" in rejected(state, exit_tx(state, B, position(1000, 1, 1), t, proof))  # A's
-    rejected(state, exit_tx(state, B, position(1000, 1, 2), t, proof))  # no output 2
-    assert "not at index" in rejected(state, exit_tx(state, B, position(1000, 0, 0), t, proof))
-    rejected(state, exit_tx(state, B, pos, t, block.proof(0)))  # the filler's proof
-    rejected(state, exit_tx(state, B, pos, t, []))
-    rejected(state, exit_tx(state, B, pos, t, [b"\0" * 32] * 3))
-    assert "not committed" in rejected(state, exit_tx(state, B, position(2000, 1, 0), t, proof))
-    assert "not committed" in rejected(state, exit_tx(state, A, position(2, 0, 0),
-                                                      deposit_tx(OP, A.pubkey, 100), []))
+        assert "bond" in rejected(state, ex(B, pos, t, proof, bond=bond))
+    assert "owner" in rejected(state, ex(A, pos, t, proof))  # B's output
+    assert "owner" in rejected(state, ex(B, position(1000, 1, 1), t, proof))  # A's
+    rejected(state, ex(B, position(1000, 1, 2), t, proof))  # no output 2
+    assert "not at index" in rejected(state, ex(B, position(1000, 0, 0), t, proof))
+    rejected(state, ex(B, pos, t, block.proof(0)))  # the filler's proof
+    rejected(state, ex(B, pos, t, []))
+    rejected(state, ex(B, pos, t, [b"\0" * 32] * 3))
+    assert "not committed" in rejected(state, ex(B, position(2000, 1, 0), t, proof))
+    assert "not committed" in rejected(state, ex(A, position(2, 0, 0),
+                                                 deposit_tx(OP, A.pubkey, 100), [], confirms=[]))
     other = send([(dpos, A)], [(B, 60), (A, 40)], chain=A.pubkey)  # of another chain
-    rejected(state, exit_tx(state, B, pos, other, proof))
+    rejected(state, ex(B, pos, other, proof))
     t2 = send([(dpos, A)], [(B, 61), (A, 39)])  # not the tx in the block
-    rejected(state, exit_tx(state, B, pos, t2, proof))
-    good = exit_tx(state, B, pos, t, proof).args
+    rejected(state, ex(B, pos, t2, proof))
+    unsigned = PlasmaTx(OP, t.inputs, t.outputs, (b"\0" * 64,))  # the hash, not the leaf
+    assert "not at index" in rejected(state, ex(B, pos, unsigned, proof))
+    good = ex(B, pos, t, proof).args
     assert good is not None
     for args in (
         {**good, "tx": b"junk"},
@@ -302,11 +315,110 @@ def test_start_exit_misuse(state):
         {**good, "pos": 0},
         {**good, "operator": A.pubkey},  # no such chain
         {k: v for k, v in good.items() if k != "proof"},
+        {k: v for k, v in good.items() if k != "confirms"},
+        {**good, "confirms": [tuple(c) for c in good["confirms"]]},
+        {**good, "confirms": [[*c, b""] for c in good["confirms"]]},
+        {**good, "confirms": [[c[0][:31], c[1]] for c in good["confirms"]]},
+        {**good, "confirms": [[c[0], c[1][:63]] for c in good["confirms"]]},
+        {**good, "confirms": good["confirms"] * 2},
     ):
         rejected(state, call(B, NET, "plasma", "start_exit", args, 0, amount=BOND))
     assert pl.exits(state, OP) == [] and record(state)["bonds"] == 0
-    apply(state, exit_tx(state, B, pos, t, proof))
-    assert "already" in rejected(state, exit_tx(state, B, pos, t, proof))  # double exit
+    apply(state, ex(B, pos, t, proof))
+    assert "already" in rejected(state, ex(B, pos, t, proof))  # double exit
+
+
+def test_start_exit_needs_the_inputs_confirmations(state):
+    registered(state)
+    dpos, t, block, _ = spend_block(state)
+    pos, proof = position(1000, 1, 0), block.proof(1)
+    digest = confirm_digest(t.hash, block.root)
+    other_root = committed(state, 2000, [send([], [(C, 1)])]).root
+
+    def refused(confirms) -> str:
+        return rejected(state, exit_tx(state, B, pos, t, proof, confirms=confirms))
+
+    assert "confirms" in refused([])  # missing
+    assert "not signed by that owner" in refused([(C.pubkey, C.sign(digest))])  # wrong owner
+    assert "not signed by that owner" in refused([(B.pubkey, B.sign(digest))])  # B's own
+    assert "confirmation" in refused([(A.pubkey, C.sign(digest))])  # by the wrong key
+    assert "confirmation" in refused([(A.pubkey, b"\0" * 64)])
+    assert "confirmation" in refused([(A.pubkey, A.sign(t.hash))])  # not a confirmation
+    assert "confirmation" in refused(  # over another root
+        [(A.pubkey, A.sign(confirm_digest(t.hash, other_root)))])
+    assert pl.exits(state, OP) == []
+    apply(state, exit_tx(state, B, pos, t, proof, confirms=[(A.pubkey, A.sign(digest))]))
+    assert exit_of(state, pos)["status"] == "pending"
+
+
+def test_two_inputs_two_confirmations_in_input_order(state):
+    registered(state)
+    apos, _ = deposit(state, A, 10)
+    bpos, _ = deposit(state, B, 20)
+    t = send([(apos, A), (bpos, B)], [(C, 30)])
+    block = committed(state, 1000, [t])
+    for owners in ((A,), (B, A), (A, C), (A, B, B)):
+        rejected(state, exit_tx(state, C, position(1000, 0, 0), t, block.proof(0),
+                                confirms=confirms_of(t, block, *owners)))
+    apply(state, exit_tx(state, C, position(1000, 0, 0), t, block.proof(0),
+                         confirms=confirms_of(t, block, A, B)))
+
+
+def test_a_payer_cannot_exit_both_an_unconfirmed_input_and_its_change(state):
+    """The confirmation an exit of the change shows makes the input's exit a cheat."""
+    registered(state)
+    dpos, t, block, _ = spend_block(state, height=2)  # A: 100 -> B 60 + A 40 (change)
+    dtx, change, proof = deposit_tx(OP, A.pubkey, 100), position(1000, 1, 1), block.proof(1)
+    # the input first: cancelled (a challenge) by the exit of the change, A's bond to A
+    apply(state, exit_tx(state, A, dpos, dtx, []), height=3)
+    a0 = bal(state, A)
+    apply(state, exit_tx(state, A, change, t, proof, confirms=confirms_of(t, block, A)),
+          height=4)
+    assert exit_of(state, dpos)["status"] == "challenged"
+    assert exit_of(state, dpos)["challenger"] == A.pubkey
+    assert bal(state, A) == a0 - BOND - 1 + BOND and record(state)["bonds"] == BOND
+    # B's exit of its payment shows the same confirmation again: nothing left to cancel
+    apply(state, exit_tx(state, B, position(1000, 1, 0), t, proof,
+                         confirms=confirms_of(t, block, A)), height=4)
+    assert conserved(state)
+    apply(state, process(state), height=100)
+    assert record(state)["paid"] == 100 and conserved(state)
+
+
+def test_an_input_exit_after_its_confirmed_spend_was_shown_is_refused(state):
+    registered(state)
+    dpos, t, block, _ = spend_block(state, height=2)
+    dtx = deposit_tx(OP, A.pubkey, 100)
+    apply(state, exit_tx(state, A, position(1000, 1, 1), t, block.proof(1),
+                         confirms=confirms_of(t, block, A)), height=3)
+    assert "confirmed spend" in rejected(state, exit_tx(state, A, dpos, dtx, []), height=4)
+
+
+def test_a_change_exit_after_its_input_was_paid_is_refused(state):
+    registered(state)
+    dpos, t, block, _ = spend_block(state, height=2)
+    apply(state, exit_tx(state, A, dpos, deposit_tx(OP, A.pubkey, 100), []), height=3)
+    apply(state, process(state), height=100)
+    assert exit_of(state, dpos)["status"] == "finalized"
+    for who, pos in ((A, position(1000, 1, 1)), (B, position(1000, 1, 0))):
+        assert "already exited" in rejected(state, exit_tx(
+            state, who, pos, t, block.proof(1), confirms=confirms_of(t, block, A)), height=101)
+
+
+def test_a_spend_forged_by_another_key_does_not_stop_the_owner(state):
+    """The operator "spends" A's deposit in an invalid block, signing and confirming as
+    itself: it may exit what it invented (priority decides), A still exits its deposit."""
+    registered(state)
+    dpos, dtx = deposit(state, A, 100)
+    steal = send([(dpos, O)], [(O, 100)])
+    block = committed(state, 1000, [steal], height=2)
+    apply(state, exit_tx(state, A, dpos, dtx, []), height=3)
+    apply(state, exit_tx(state, O, position(1000, 0, 0), steal, block.proof(0),
+                         confirms=confirms_of(steal, block, O)), height=3)
+    assert exit_of(state, dpos)["status"] == "pending"  # not A's confirmation: no challenge
+    apply(state, process(state), height=100)
+    assert exit_of(state, dpos)["status"] == "finalized"
+    assert exit_of(state, position(1000, 0, 0))["status"] == "unfunded"
 
 
 def test_exitable_at_for_an_old_and_a_recent_output(state):
@@ -433,7 +545,8 @@ def test_challenge_with_a_confirmed_spend(state):
     rejected(state, challenge(state, W, dpos, t, spos, block.proof(1), sig), height=101)
     # the spend's outputs still exit
     b0 = bal(state, B)
-    apply(state, exit_tx(state, B, spos, t, block.proof(1)), height=101)
+    apply(state, exit_tx(state, B, spos, t, block.proof(1), confirms=[(A.pubkey, sig)]),
+          height=101)
     apply(state, process(state), height=101 + EXIT)
     assert bal(state, B) == b0 - 1 + 60 and record(state)["paid"] == 60 and conserved(state)
 
@@ -609,6 +722,7 @@ class PlasmaHistory(RuleBasedStateMachine):
         self.outputs: list[Output] = []
         self.exits: dict[int, Exit] = {}
         self.stopped: set[int] = set()  # challenged with a confirmed spend before exitable_at
+        self.shown: set[tuple[int, bytes]] = set()  # (input, owner): confirmation shown on L1
         self.deposits = self.paid = 0
         self.next_child = CHILD_BLOCK_INTERVAL
         self.height, self.minted, self.undos = 1, 0, []
@@ -686,24 +800,63 @@ class PlasmaHistory(RuleBasedStateMachine):
                                            self.height))
 
     @rule(pick=st.integers(0, 50), intruder=st.sampled_from([None, None, None, *USERS]),
-          spent=st.booleans())
-    def start_exit(self, pick, intruder, spent):
-        """The owner exits one of its outputs (often a spent one: a cheat); an intruder
-        tries to steal one."""
+          spent=st.booleans(),
+          confirms=st.sampled_from(["good"] * 4 + ["none", "wrong key", "wrong owner",
+                                                   "wrong root"]))
+    def start_exit(self, pick, intruder, spent, confirms):
+        """The owner exits one of its outputs (often a spent one: a cheat) with the inputs'
+        confirmations (or bad ones); an intruder tries to steal one."""
         among = [o for o in self.outputs if o.spent_by and o.pos not in self.exits]
         if not spent or not among:
             among = self.outputs
         if not among:
             return
         o = among[-1 - pick % len(among)]
-        who = intruder or o.owner
+        self.exit(o, intruder or o.owner, confirms)
+
+    @rule(pick=st.integers(0, 50), oindex=st.integers(0, 1))
+    def exit_a_spend_of_an_exiting_output(self, pick, oindex):
+        """The owner of an output of a tx whose input is exiting exits it: the confirmation
+        it shows challenges the input's exit (or is refused, if that one was paid)."""
+        among = [o for o in self.outputs if o.spent_by and o.pos in self.exits]
+        if not among:
+            return
+        spend, index, block = among[pick % len(among)].spent_by
+        pos = position(block.number, index, oindex % len(spend.outputs))
+        o = next(o for o in self.outputs if o.pos == pos)
+        self.exit(o, o.owner, "good")
+
+    def exit(self, o: Output, who: Identity, confirms: str) -> None:
         proof = o.block.proof(split_pos(o.pos)[1])
-        ok = who is o.owner and o.pos not in self.exits
-        tx = pl.start_exit_tx(who, NET, OP, o.pos, o.tx, proof, self.bond, nonce(self.state, who))
-        if self.send(tx, "start_exit", ok, {}):
+        ins = [next(i for i in self.outputs if i.pos == p) for p in o.tx.inputs]
+        digest = confirm_digest(o.tx.hash, o.block.root)
+        signer = {"good": None, "wrong key": W, "wrong owner": W}
+        cf = [] if confirms == "none" else [
+            (W.pubkey if confirms == "wrong owner" else i.owner.pubkey,
+             (signer.get(confirms) or i.owner).sign(
+                 digest if confirms != "wrong root" else confirm_digest(o.tx.hash, b"r" * 32)))
+            for i in ins]
+        ok = (who is o.owner and o.pos not in self.exits and (confirms == "good" or not ins)
+              and (o.pos, who.pubkey) not in self.shown
+              and not any(i.pos in self.exits and self.exits[i.pos].owner is i.owner
+                          and self.exits[i.pos].status == "finalized" for i in ins))
+        cancel = [i.pos for i in ins if i.pos in self.exits
+                  and self.exits[i.pos].owner is i.owner and self.exits[i.pos].status == "pending"]
+        tx = pl.start_exit_tx(who, NET, OP, o.pos, o.tx, proof, self.bond, nonce(self.state, who),
+                              confirms=cf)
+        if self.send(tx, "start_exit", ok, {who.pubkey: self.bond * len(cancel)}):
             at = max(self.height + self.exit_blocks, o.utxo_height + 2 * self.exit_blocks)
             self.exits[o.pos] = Exit(o.owner, o.amount, at)
             assert pl.exit_record(self.state, OP, o.pos)["exitable_at"] == at
+            for i in ins:
+                self.shown.add((i.pos, i.owner.pubkey))
+                i.confirmed = True
+            for pos in cancel:  # the confirmation shown challenges the input's exit
+                ex = self.exits[pos]
+                ex.status = "challenged"
+                if self.height < ex.exitable_at:
+                    self.stopped.add(pos)
+                event("start_exit: cancels an input's exit")
 
     @rule(pick=st.integers(0, 50), who=st.sampled_from([W, *USERS]), any_exit=st.booleans())
     def challenge(self, pick, who, any_exit):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from hashlib import blake2b
+
 import pytest
 
 from p2p_l2.chain.merkle import verify_proof
@@ -49,6 +51,26 @@ def alerts(actions) -> list[str]:
 
 def of(actions, cls) -> list:
     return [a for a in actions if isinstance(a, cls)]
+
+
+# ---------------------------------------------------------------- txs and blocks
+
+
+def test_the_merkle_leaf_commits_the_signatures():
+    unsigned = PlasmaTx(CHAIN, (dep(1),), ((B.pubkey, 10),))
+    by_a, by_b = unsigned.signed([A]), unsigned.signed([B])
+    assert unsigned.hash == by_a.hash == by_b.hash  # what is signed and confirmed
+    assert len({unsigned.leaf, by_a.leaf, by_b.leaf}) == 3
+    assert by_a.leaf == blake2b(by_a.encode(), digest_size=32).digest()
+    for tx in (by_a, deposit_block(CHAIN, 1, A.pubkey, 5).txs[0]):
+        for again in (PlasmaTx.decode(tx.encode()), PlasmaTx.from_wire(tx.to_wire())):
+            assert again == tx and (again.hash, again.leaf) == (tx.hash, tx.leaf)
+    block = PlasmaBlock(1000, (by_a, pay([dep(2)], [(A.pubkey, 5)], [B])))
+    assert block.root != PlasmaBlock(1000, (by_b, block.txs[1])).root
+    again = PlasmaBlock.from_wire(block.to_wire())
+    assert again.root == block.root
+    assert verify_proof(by_a.leaf, 0, block.proof(0), block.root)
+    assert not verify_proof(by_a.hash, 0, block.proof(0), block.root)
 
 
 # ---------------------------------------------------------------- the ledger rule
@@ -190,6 +212,24 @@ def test_confirmations_are_checked_and_served(op):
     assert op.confirmations_for(block.number) == {tx.hash: [good]}
 
 
+def test_an_output_is_spent_only_once_its_tx_is_confirmed(op):
+    tx = pay([dep(1), dep(2)], [(C.pubkey, 140), (A.pubkey, 10)], [A, B])
+    op.submit(tx)
+    block = op.make_block()
+    onward = pay([position(block.number, 0, 0)], [(A.pubkey, 140)], [C])
+    digest = confirm_digest(tx.hash, block.root)
+    for i, who in enumerate((None, A, B)):
+        if who is not None:
+            op.add_confirmation(tx.hash, i - 1, who.sign(digest))
+        if i < 2:  # not every input owner confirmed yet
+            with pytest.raises(PlasmaRejected) as info:
+                op.submit(onward)
+            assert info.value.reason == "unconfirmed_input"
+            assert not op.confirmed_output(position(block.number, 0, 0))
+    assert op.confirmed_output(dep(3)) and not op.confirmed_output(position(9000, 0, 0))
+    assert op.submit(onward) == 0
+
+
 def test_byzantine_txs_are_included_but_never_take_effect(op):
     for kind in ("create-coins", "steal"):
         bad = op.invalid_tx(kind, OP)
@@ -239,13 +279,15 @@ class Net:
         self.roots: dict[int, bytes] = {}
 
     def feed(self, pk: bytes, actions: list) -> list:
+        more = []
         for a in actions:
-            if isinstance(a, Confirm):  # the service signs and hands it to the operator
+            if isinstance(a, Confirm):  # the service signs, hands it to the operator and back
                 sig = self.ids[pk].sign(a.digest)
                 for i in a.inputs:
                     self.op.add_confirmation(a.tx_hash, i, sig)
+                more += self.w[pk].own_confirmation(a.tx_hash, sig)
         self.out[pk] += actions
-        return actions
+        return actions + (self.feed(pk, more) if more else [])
 
     def deposit(self, user: Identity, amount: int) -> int:
         number = self.next_deposit
@@ -446,9 +488,15 @@ def test_exits_carry_proofs_the_contract_accepts():
     out = net.w[B.pubkey].exit_all()
     assert [a.pos for a in out] == [position(1000, 0, 0)]
     (start,) = out
-    assert verify_proof(start.tx.hash, 0, list(start.proof), block.root)
+    assert verify_proof(start.tx.leaf, 0, list(start.proof), block.root)
     assert start.tx.outputs[0] == (B.pubkey, 30)
+    ((owner, sig),) = start.confirms  # A's confirmation of its input, as start_exit wants
+    assert owner == A.pubkey and start.tx.sig_ok(0, owner)
+    assert verify(owner, confirm_digest(start.tx.hash, block.root), sig)
     assert net.w[B.pubkey].exit_all() == []  # never twice
+    # A's change: A's own confirmation, which the service handed back to A's watcher
+    (change,) = net.w[A.pubkey].exit_all()
+    assert change.pos == position(1000, 0, 1) and change.confirms == start.confirms
 
 
 def test_an_exit_of_a_spent_output_is_challenged():
@@ -470,7 +518,7 @@ def test_an_exit_of_a_spent_output_is_challenged():
     (ch,) = of(out, Challenge)
     number, tx_index, _ = split_pos(ch.spend_pos)
     assert number == block.number and spent in ch.spend.inputs
-    assert verify_proof(ch.spend.hash, tx_index, list(ch.proof), net.roots[number])
+    assert verify_proof(ch.spend.leaf, tx_index, list(ch.proof), net.roots[number])
     assert verify(A.pubkey, confirm_digest(ch.spend.hash, net.roots[number]), ch.confirm)
     assert net.w[A.pubkey].on_exit(record) == []  # the owner's own watcher does not
     # the challenge did not land: retried, then alerted near the exitable height
@@ -622,7 +670,85 @@ def test_spent_outputs_lists_what_a_byzantine_user_would_exit():
     net.send(A, C, 70)
     net.block()
     spent = net.w[A.pubkey].spent_outputs()
-    assert [pos for pos, _, _ in spent] == [dep(1), position(block.number, 0, 1)]
-    pos, tx, proof = spent[1]
-    assert tx == block.txs[0] and verify_proof(tx.hash, 0, list(proof), block.root)
+    assert [pos for pos, *_ in spent] == [dep(1), position(block.number, 0, 1)]
+    assert spent[0][1:] == (net.op.blocks[1].txs[0], (), ())  # a deposit: no confirms
+    pos, tx, proof, confirms = spent[1]
+    assert tx == block.txs[0] and verify_proof(tx.leaf, 0, list(proof), block.root)
+    assert confirms == ((A.pubkey, A.sign(confirm_digest(tx.hash, block.root))),)
     assert net.w[B.pubkey].spent_outputs() == []
+
+
+def test_an_own_change_exits_once_our_confirmation_is_handed_back():
+    """Halting in the same step that applies our tx: its Confirm is still to be signed, so the
+    change exits when the service hands the signature back (the operator need not serve it)."""
+    net = Net()
+    net.deposit(A, 100)
+    tx = net.send(A, B, 30)
+    b1 = net.op.make_block()
+    b2 = net.op.make_block(extra=[net.op.invalid_tx("create-coins", OP)])
+    net.commit(b1, deliver=False)
+    net.commit(b2, deliver=False)
+    wa = net.w[A.pubkey]
+    assert wa.on_block(b2, {}, net.now) == []  # waits for b1
+    out = wa.on_block(b1, {}, net.now)
+    (conf,) = of(out, Confirm)
+    assert alerts(out) == ["invalid_block"] and not of(out, StartExit)
+    assert wa.halted and wa.exit_all() == []
+    sig = A.sign(conf.digest)
+    (start,) = wa.own_confirmation(tx.hash, sig)
+    assert start.pos == position(b1.number, 0, 1) and start.confirms == ((A.pubkey, sig),)
+    assert wa.own_confirmation(tx.hash, sig) == [] and wa.exit_all() == []  # once
+    assert wa.own_confirmation(b"z" * 32, sig) == []
+
+
+def test_a_tx_with_two_owners_exits_with_both_confirmations():
+    net = Net()
+    net.deposit(A, 60)
+    net.deposit(B, 40)
+    tx = pay([dep(1), dep(2)], [(A.pubkey, 50), (B.pubkey, 50)], [A, B])
+    net.op.submit(tx)
+    block = net.op.make_block()
+    net.commit(block, deliver=False)
+    wa = net.w[A.pubkey]
+    (conf,) = of(wa.on_block(block, {}, net.now), Confirm)
+    assert conf.inputs == (0,)
+    sig_a, sig_b = A.sign(conf.digest), B.sign(conf.digest)
+    # our own signature handed back in the form of the operator's confirmations
+    assert wa.on_confirmations(conf.number, {
+        conf.tx_hash: [sig_a if i in conf.inputs else b"" for i in range(len(tx.inputs))]}) == []
+    assert wa.balance() == (0, []) and wa.exit_all() == []  # B's confirmation is missing
+    net.op.add_confirmation(tx.hash, 0, sig_a)
+    net.op.add_confirmation(tx.hash, 1, sig_b)
+    (start,) = of(wa.on_confirmations(block.number, net.op.confirmations_for(block.number)),
+                  StartExit)
+    assert start.pos == position(block.number, 0, 0)
+    assert start.confirms == ((A.pubkey, sig_a), (B.pubkey, sig_b))
+
+
+def test_a_payment_exits_only_with_the_payers_confirmation():
+    net = Net()
+    net.deposit(A, 100)
+    net.send(A, B, 30)
+    block = net.op.make_block()
+    net.commit(block, deliver=False)
+    wb = net.w[B.pubkey]
+    wb.on_block(block, {}, net.now)
+    assert wb.exit_all() == []  # A has not confirmed: waits
+    net.sync(block.number)  # A confirms, the operator serves it
+    (start,) = of(net.take(B), StartExit)
+    assert start.pos == position(block.number, 0, 0) and start.confirms[0][0] == A.pubkey
+
+
+def test_an_own_change_counts_once_our_confirmation_is_back():
+    net = Net()
+    net.deposit(A, 100)
+    tx = net.send(A, B, 30)
+    block = net.op.make_block()
+    net.commit(block, deliver=False)
+    wa = net.w[A.pubkey]
+    (conf,) = of(wa.on_block(block, {}, net.now), Confirm)
+    assert wa.balance() == (0, [])  # our confirmation is still to be signed
+    with pytest.raises(PlasmaRejected):
+        wa.make_transfer(B.pubkey, 1)
+    assert wa.own_confirmation(tx.hash, A.sign(conf.digest)) == []
+    assert wa.balance() == (70, [(position(block.number, 0, 1), 70)])

@@ -2,11 +2,13 @@
 OperatorCore and one Watcher per user, wired the way the node services wire them (DESIGN §6, §9).
 
 Honest users A, B and C carry out everything their watchers ask; Z is byzantine: it exits
-outputs it already spent and may stop confirming its txs.  The operator may withhold a block
-or include an invalid tx, then exit the coins it invented.  Checked: finalised exits never
-exceed deposits; no output spent with its owner's confirmation is ever finalised; after
-everyone exits, every honest user got at least what it deposited, minus what it paid away,
-plus what it was paid (payments count once the payer confirmed and the payee saw the block).
+outputs it already spent, may stop confirming its txs, and then tries to exit both the inputs
+and the change of such a tx (showing a confirmation only then).  The operator may withhold a
+block or include an invalid tx, then exit the coins it invented.  Checked: finalised exits
+never exceed deposits; no output spent with its owner's confirmation (sent to the operator or
+shown on L1) is ever finalised; after everyone exits, every honest user got at least what it
+deposited, minus what it paid away, plus what it was paid (payments count once the payer
+confirmed and the payee saw the block).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from p2p_l2.chain.ledger import TxRejected, apply_tx, genesis_state
 from p2p_l2.chain.tx import Tx
 from p2p_l2.plasma.ledger import PlasmaRejected
 from p2p_l2.plasma.operator import OperatorCore
-from p2p_l2.plasma.tx import CHILD_BLOCK_INTERVAL, PlasmaBlock, position, split_pos
+from p2p_l2.plasma.tx import (
+    CHILD_BLOCK_INTERVAL,
+    PlasmaBlock,
+    PlasmaTx,
+    confirm_digest,
+    position,
+    split_pos,
+)
 from p2p_l2.plasma.watcher import (
     Alert,
     Challenge,
@@ -81,7 +90,7 @@ class ExitGame(RuleBasedStateMachine):
         self.z_confirms = True
         self.deposited: Counter = Counter()
         self.confirmed: dict[bytes, bytes] = {}   # tx hash -> the payer who confirmed it
-        self.confirmed_spent: set[int] = set()    # inputs of confirmed txs
+        self.confirmed_spent: set[int] = set()    # inputs of confirmed txs (or shown on L1)
         self.z_spent: list[int] = []
         self.alerts: Counter = Counter()
         self.l1(pl.register_tx(OP, NET, EXIT_BLOCKS, BOND, 0))
@@ -172,6 +181,9 @@ class ExitGame(RuleBasedStateMachine):
                 self.confirmed_spent.add(tx.inputs[i])
             self.confirmed[a.tx_hash] = pk
             self.dirty.add(number)
+            # as the service does: our own signature back to our watcher, for our exits
+            self.push(pk, self.w[pk].on_confirmations(a.number, {
+                a.tx_hash: [sig if i in a.inputs else b"" for i in range(len(tx.inputs))]}))
         elif isinstance(a, Challenge):
             if pk != Z.pubkey:
                 ok = self.l1(pl.challenge_tx(who, NET, CHAIN, a.pos, a.spend, a.spend_pos,
@@ -179,9 +191,10 @@ class ExitGame(RuleBasedStateMachine):
                              must=False)
                 event(f"challenge {'landed' if ok else 'refused'}")
         elif isinstance(a, StartExit):
-            self.l1(pl.start_exit_tx(who, NET, CHAIN, a.pos, a.tx, list(a.proof), BOND,
-                                     self.nonce(who)))
-            event("exit started")
+            # Z's own watcher may be refused: Z showed confirmations behind its back
+            ok = self.start_exit(who, a.pos, a.tx, list(a.proof), a.confirms,
+                                 must=pk != Z.pubkey)
+            event(f"exit {'started' if ok else 'refused'}")
         elif isinstance(a, ProcessExits):
             self.l1(pl.process_exits_tx(who, NET, CHAIN, self.nonce(who)))
         else:
@@ -195,14 +208,45 @@ class ExitGame(RuleBasedStateMachine):
                 self.push(pk, w.tick(self.now, self.height))
             self.settle()
 
+    def start_exit(self, who: Identity, pos: int, tx: PlasmaTx, proof: list[bytes],
+                   confirms, must: bool = True) -> bool:
+        """A start_exit call; the confirmations it shows are public once it lands."""
+        if not self.l1(pl.start_exit_tx(who, NET, CHAIN, pos, tx, proof, BOND, self.nonce(who),
+                                        confirms=confirms), must=must):
+            return False
+        for p, (owner, _) in zip(tx.inputs, confirms):
+            if self.op.output(p) is not None and self.op.output(p)[0] == owner:
+                self.confirmed_spent.add(p)  # (an invented tx names the operator instead)
+        return True
+
+    def confirms(self, pos: int, signer: Identity | None = None) -> list | None:
+        """The confirmations start_exit wants for output `pos`, as the operator serves them;
+        `signer` signs its own (a fresh confirmation) where one is missing.  None if one
+        is still missing."""
+        number, index, _ = split_pos(pos)
+        block = self.op.blocks[number]
+        tx = block.txs[index]
+        served = self.op.confirmations_for(number).get(tx.hash, [b""] * len(tx.inputs))
+        out = []
+        for p, sig in zip(tx.inputs, served):
+            owner = self.op.output(p)[0]
+            if not sig and signer is not None and owner == signer.pubkey:
+                sig = signer.sign(confirm_digest(tx.hash, block.root))
+            if not sig:
+                return None
+            out.append((owner, sig))
+        return out
+
     def exit_invented(self, block: PlasmaBlock) -> None:
-        """The byzantine operator exits the outputs its invalid tx (the last one) made."""
+        """The byzantine operator exits the outputs its invalid tx (the last one) made,
+        signing the confirmations as the inputs' owner."""
         i = len(block.txs) - 1
         tx = block.txs[i]
+        sig = OP.sign(confirm_digest(tx.hash, block.root))
         for oi, (owner, _) in enumerate(tx.outputs):
             if owner == OP.pubkey:
-                self.l1(pl.start_exit_tx(OP, NET, CHAIN, position(block.number, i, oi), tx,
-                                         block.proof(i), BOND, self.nonce(OP)), must=False)
+                self.start_exit(OP, position(block.number, i, oi), tx, block.proof(i),
+                                [(OP.pubkey, sig)] * len(tx.inputs), must=False)
 
     # -- rules -------------------------------------------------------------------------
     @initialize(amounts=st.lists(st.integers(1, 100), min_size=4, max_size=4))
@@ -281,17 +325,61 @@ class ExitGame(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 100))
     def z_exits_a_spent_output(self, pick):
         """Z exits an output it spent and confirmed.  (Exiting the input of a tx it did not
-        confirm is its right; exiting its outputs *as well* is the double exit of
-        test_double_exit_of_an_unconfirmed_tx, which the contract does not stop.)"""
+        confirm is its right; exiting its change *as well* is z_double_exits.)"""
         pos = self.z_spent[pick % len(self.z_spent)]
         if pos in self.seen_exits or pos not in self.confirmed_spent:
             return
         number, tx_index, _ = split_pos(pos)
         block = self.op.blocks[number]
-        ok = self.l1(pl.start_exit_tx(Z, NET, CHAIN, pos, block.txs[tx_index],
-                                      block.proof(tx_index), BOND, self.nonce(Z)), must=False)
+        confirms = self.confirms(pos, Z)
+        if confirms is None:
+            event("Z exits a spent output: confirmations missing")
+            return
+        ok = self.start_exit(Z, pos, block.txs[tx_index], block.proof(tx_index), confirms,
+                             must=False)
         event(f"Z exits a spent output: {'started' if ok else 'refused'}")
         self.settle()
+
+    @rule(pick=st.integers(0, 100), change_first=st.booleans())
+    def z_double_exits(self, pick, change_first):
+        """Z takes a tx of its own it never confirmed and exits its inputs and its change,
+        signing the confirmation the change's exit needs only now."""
+        mine = [(number, i, tx) for number, block in sorted(self.op.blocks.items())
+                if number % CHILD_BLOCK_INTERVAL == 0 for i, tx in enumerate(block.txs)
+                if tx.hash not in self.confirmed and tx.inputs
+                and all((self.op.output(p) or (None,))[0] == Z.pubkey for p in tx.inputs)
+                and any(o == Z.pubkey for o, _ in tx.outputs)]
+        if not mine:
+            return
+        number, i, tx = mine[pick % len(mine)]
+        change = position(number, i, next(oi for oi, (o, _) in enumerate(tx.outputs)
+                                          if o == Z.pubkey))
+        steps = [("input", p) for p in tx.inputs]
+        steps.insert(len(steps) if not change_first else 0, ("change", change))
+        for what, pos in steps:
+            confirms = self.confirms(pos, Z)
+            b, index, _ = split_pos(pos)
+            if confirms is None or pos in self.seen_exits:
+                continue
+            ok = self.start_exit(Z, pos, self.op.blocks[b].txs[index],
+                                 self.op.blocks[b].proof(index), confirms, must=False)
+            event(f"Z double exit, {what}: {'started' if ok else 'refused'}")
+            self.settle()
+
+    @rule(pick=st.integers(0, 100))
+    def z_spends_an_unconfirmed_output(self, pick):
+        """Z spends (behind its watcher's back) an output of a tx it never confirmed: the
+        operator refuses, or Z could exit that tx's input and the spend's change as well."""
+        outs = sorted(p for p, (o, _) in self.op.utxos.utxos.items()
+                      if o == Z.pubkey and not self.op.confirmed_output(p))
+        if not outs:
+            return
+        pos = outs[pick % len(outs)]
+        tx = PlasmaTx(CHAIN, (pos,), ((Z.pubkey, self.op.utxos.get(pos)[1]),)).signed([Z])
+        with pytest.raises(PlasmaRejected) as info:
+            self.op.submit(tx)
+        assert info.value.reason in ("unconfirmed_input", "spent_input", "exiting_input")
+        event(f"Z spends an unconfirmed output: {info.value.reason}")
 
     @rule()
     def z_stops_confirming(self):
@@ -348,10 +436,10 @@ ExitGame.TestCase.settings = settings(max_examples=200, stateful_step_count=40, 
 TestExitGame = ExitGame.TestCase
 
 
-@pytest.mark.xfail(strict=True, reason="the contract's start_exit takes no confirmation "
-                   "signatures (Plasma MVP requires them to exit a non-deposit output), so a "
-                   "payer who never confirmed a tx can exit both its input and its change")
-def test_double_exit_of_an_unconfirmed_tx():
+@pytest.mark.parametrize("order", ["input first", "change first", "input paid first"])
+def test_double_exit_of_an_unconfirmed_tx(order):
+    """Z never confirms its tx: it may exit the input, but exiting the change needs Z's
+    confirmation, which then makes the input's exit a cheat the contract stops."""
     game = ExitGame()
     game.deposit(A, 10)
     game.deposit(Z, 20)
@@ -359,10 +447,39 @@ def test_double_exit_of_an_unconfirmed_tx():
     game.transfer(Z, A, 15)  # Z's change: 5
     game.block()
     game.deposit(A, 10)  # exits after Z's change (a later position, same heights)
-    game.push(Z.pubkey, game.w[Z.pubkey].exit_all())  # the change
+    block = game.op.blocks[game.op.last_child]
+    (tx,) = block.txs
+    change, z_dep = position(block.number, 0, 1), position(2, 0, 0)
+    game.push(Z.pubkey, game.w[Z.pubkey].exit_all())  # Z's watcher: not the change
     game.settle()
-    game.l1(pl.start_exit_tx(Z, NET, CHAIN, position(2, 0, 0), game.op.blocks[2].txs[0], [],
-                             BOND, game.nonce(Z)))  # and the input it never confirmed
+    assert game.seen_exits == {}
+
+    def exit_input() -> bool:
+        return game.start_exit(Z, z_dep, game.op.blocks[2].txs[0], [], [], must=False)
+
+    def exit_change(confirms) -> bool:
+        return game.start_exit(Z, change, tx, block.proof(0), confirms, must=False)
+
+    digest = confirm_digest(tx.hash, block.root)
+    assert not exit_change([])  # no confirmation
+    assert not exit_change([(Z.pubkey, A.sign(digest))])  # not Z's
+    own = [(Z.pubkey, Z.sign(digest))]
+    if order == "input first":
+        assert exit_input()
+        game.settle()
+        assert exit_change(own)  # lands, and the confirmation it shows cancels the input's exit
+        assert pl.exit_record(game.state, CHAIN, z_dep)["status"] == "challenged"
+        game.settle()
+        assert game.alerts["invalid_exit"] == len(HONEST)  # every honest watcher saw it
+    elif order == "change first":
+        assert exit_change(own)
+        assert not exit_input()  # the confirmed spend of it is on L1
+    else:
+        assert exit_input()
+        game.advance(3 * EXIT_BLOCKS)
+        assert pl.exit_record(game.state, CHAIN, z_dep)["status"] == "finalized"
+        assert not exit_change(own)  # the input was paid already
     game.settle()
-    assert game.alerts["invalid_exit"] == len(HONEST)  # every honest watcher saw it
-    game.teardown()  # A: deposited 20, paid 0, received 0 (unconfirmed); gets 10
+    game.teardown()  # A: deposited 20, paid 0, received 0 (unconfirmed); gets 20
+    assert pl.chain_record(game.state, CHAIN)["paid"] == 20 + (20 if order.endswith("paid first")
+                                                                  else 5)

@@ -302,6 +302,28 @@ def test_cli_channels_on_processes(tmp_path):
     assert pids_alive(run) == []
 
 
+async def test_cli_plasma_on_processes(tmp_path):
+    run = tmp_path / "run"
+    up = cli("up", ROOT / "configs" / "plasma.toml", "--run-dir", run, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        bal = json.loads(cli("ctl", run, "carol", "plasma.balance").stdout)
+        assert bal["total"] == 20_000 and len(bal["utxos"]) == 1  # `up` waited for it
+        sent = json.loads(cli("ctl", run, "alice", "plasma.transfer", "--params",
+                              '{"to": "carol", "amount": 1234}').stdout)
+        assert len(sent["tx_hash"]) == 64
+        cluster = Cluster.attach(run)
+
+        async def received():
+            return (await cluster["carol"].call("plasma.balance"))["total"] == 21_234
+        await cluster.wait_for(received, timeout=30)
+        status = json.loads(cli("status", run, "--json").stdout)
+        assert next(n for n in status["nodes"] if n["name"] == "op")["plasma_blocks"] >= 1
+    finally:
+        cli("down", run)
+    assert pids_alive(run) == []
+
+
 def test_demo_runs_end_to_end(tmp_path):
     """The README's first command: a ~50 s experiment on real processes."""
     res = cli("demo", "--run-dir", tmp_path / "demo", timeout=240)

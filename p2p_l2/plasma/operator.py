@@ -7,13 +7,17 @@ to L1 and serves `blocks[number]` with `confirmations_for(number)`.  Nothing her
 
 # Design: the mempool keeps txs in arrival order and the set of inputs they spend, so a second
 # pending spend of an input is refused `spent_input` (the double-spend defence); signatures are
-# checked once, at submit.  An output with an exit on L1 is treated as spent (`mark_exiting`),
-# which drops the pending txs that spend it.  Empty blocks are never made.  The whole state is
-# rebuilt by `restore` from what the service persists: the child blocks made, the deposits,
-# `exiting` (pos -> the last child block made when the exit was seen) and the confirmations;
-# replaying the blocks with the ledger rule (`UtxoSet.apply_block`, invalid txs skipped)
-# reproduces exactly the UTXO set the operator had, byzantine blocks included.  Pending txs are
-# not persisted: a user whose tx is lost resubmits it.
+# checked once, at submit.  An output of a child block is spent only once every input owner of
+# the tx that made it has confirmed that tx (`unconfirmed_input` until then, MVP-style: an
+# unconfirmed tx "did not happen" yet): else a payer could leave its tx unconfirmed, spend its
+# change onwards, exit the first tx's input (nothing can challenge it) *and* the descendant's
+# change, whose exit shows only the descendant's confirmation.  An output with an exit on L1 is
+# treated as spent (`mark_exiting`), which drops the pending txs that spend it.  Empty blocks
+# are never made.  The whole state is rebuilt by `restore` from what the service persists: the
+# child blocks made, the deposits, `exiting` (pos -> the last child block made when the exit was
+# seen) and the confirmations; replaying the blocks with the ledger rule (`UtxoSet.apply_block`,
+# invalid txs skipped) reproduces exactly the UTXO set the operator had, byzantine blocks
+# included.  Pending txs are not persisted: a user whose tx is lost resubmits it.
 
 from __future__ import annotations
 
@@ -31,11 +35,14 @@ from .tx import (
     confirm_digest,
     deposit_block,
     position,
+    split_pos,
 )
 
 __all__ = ["INVALID_TX_KINDS", "OperatorCore"]
 
 INVALID_TX_KINDS = ("create-coins", "steal")
+# Reasons of PlasmaRejected beyond the ledger's: mempool_full, unconfirmed_input (submit),
+# unknown_tx, bad_confirmation (add_confirmation).
 
 
 class OperatorCore:
@@ -82,6 +89,18 @@ class OperatorCore:
         """(owner, amount) of the output at `pos` as its block created it (spent or not)."""
         return block_output(self.blocks, pos)
 
+    def confirmed_output(self, pos: int) -> bool:
+        """True iff output `pos` is of a deposit block or of a tx every input owner of which
+        confirmed it (False for an output of no block)."""
+        number, tx_index, _ = split_pos(pos)
+        block = self.blocks.get(number)
+        if block is None or tx_index >= len(block.txs):
+            return False
+        if number % CHILD_BLOCK_INTERVAL:
+            return True
+        sigs = self._confirms.get(number, {}).get(block.txs[tx_index].hash)
+        return sigs is not None and all(sigs)
+
     def confirmations_for(self, number: int) -> dict[bytes, list[bytes]]:
         """tx hash -> one confirmation signature per input (b"" where missing) for the txs of
         block `number` that have any; served with the block data."""
@@ -90,7 +109,8 @@ class OperatorCore:
     # -- inputs -------------------------------------------------------------------------
     def submit(self, tx: PlasmaTx) -> int:
         """Accept `tx` into the mempool and return its fee, or raise PlasmaRejected (the
-        ledger's reasons, `spent_input` for an input a pending tx spends, `mempool_full`).
+        ledger's reasons, `spent_input` for an input a pending tx spends, `mempool_full`,
+        `unconfirmed_input` for an output of a tx not confirmed by all its input owners yet).
         Submitting a pending tx again is a no-op."""
         if not isinstance(tx, PlasmaTx):
             raise PlasmaRejected("malformed", "expected a PlasmaTx")
@@ -103,6 +123,9 @@ class OperatorCore:
         for pos in tx.inputs:
             if pos in self._pending_spent:
                 raise PlasmaRejected("spent_input", f"input {pos} is spent by a pending tx")
+            if not self.confirmed_output(pos):
+                raise PlasmaRejected("unconfirmed_input", f"input {pos}: the tx that made it "
+                                     "is not confirmed by all its inputs' owners yet")
         self.utxos.check(tx, sigs=True)
         self._pending[tx.hash] = (tx, fee)
         for pos in tx.inputs:

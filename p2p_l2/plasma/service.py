@@ -23,7 +23,7 @@ from ..wire.codec import Bytes, fields
 from .ledger import PlasmaRejected
 from .operator import OperatorCore
 from .store import PlasmaStore
-from .tx import CHILD_BLOCK_INTERVAL, PlasmaBlock, PlasmaTx, position, split_pos
+from .tx import CHILD_BLOCK_INTERVAL, PlasmaBlock, PlasmaTx, confirm_digest, position, split_pos
 from .watcher import Alert, Challenge, Confirm, Fetch, ProcessExits, StartExit, Watcher
 
 codec.register("pl_tx", fields(tx=list))
@@ -34,6 +34,7 @@ codec.register("pl_confirm", fields(hash=Bytes(32), index=int, sig=Bytes(64)))
 codec.register("pl_confs", fields(number=int, confs=dict))
 
 TICK = 0.25  # seconds between the user's watcher ticks
+WALLET_WAIT = 5.0  # seconds a workload transfer waits for change in flight
 RECOMMIT_BLOCKS = 4  # L1 blocks after which an uncommitted plasma block is committed again
 
 
@@ -150,10 +151,12 @@ class OperatorService:
         self._theft = None
         block = self.core.blocks[number]
         pos = position(number, index, 0)
+        tx = block.txs[index]
         bond = contract.chain_record(self.chain.tree.state, self.me)["bond"]
+        sig = self.node.identity.sign(confirm_digest(tx.hash, block.root))  # "we" confirm it
         txid = self.chain.submit_own(lambda n: contract.start_exit_tx(
-            self.node.identity, self.net, self.me, pos, block.txs[index], block.proof(index),
-            bond, n))
+            self.node.identity, self.net, self.me, pos, tx, block.proof(index), bond, n,
+            confirms=[[self.me, sig]] * len(tx.inputs)))
         self.node.log.warning(ev.PLASMA_EXIT_STARTED, pos=pos, txid=txid, invalid=True,
                               amount=block.txs[index].outputs[0][1])
 
@@ -213,6 +216,7 @@ class UserService:
         node.workloads.register("plasma-transfers", self._workload_transfer)
         node.behaviours.update({"exit-spent": self._exit_spent, "double-spend": None})
         for method, fn in {"plasma.deposit": self.deposit, "plasma.transfer": self.transfer,
+                           "plasma.transfer_many": self.transfer_many,
                            "plasma.balance": self.balance, "plasma.exit": self.exit,
                            "plasma.exits": self.exits}.items():
             node.control.register(method, fn)
@@ -300,6 +304,7 @@ class UserService:
                 self.node.send(self.operator, "pl_confirm", {"hash": a.tx_hash, "index": i,
                                                              "sig": sig})
             self.store.drop_own(a.tx_hash)
+            self._do(self.watcher.own_confirmation(a.tx_hash, sig))  # may free waiting exits
         elif isinstance(a, Challenge):
             txid = self.chain.submit_own(lambda n: contract.challenge_tx(
                 me, net, self.op, a.pos, a.spend, a.spend_pos, list(a.proof), a.confirm, n))
@@ -307,7 +312,8 @@ class UserService:
         elif isinstance(a, StartExit):
             bond = contract.chain_record(self.chain.tree.state, self.op)["bond"]
             txid = self.chain.submit_own(lambda n: contract.start_exit_tx(
-                me, net, self.op, a.pos, a.tx, list(a.proof), bond, n))
+                me, net, self.op, a.pos, a.tx, list(a.proof), bond, n,
+                confirms=[list(c) for c in a.confirms]))
             amount = a.tx.outputs[split_pos(a.pos)[2]][1]
             self.node.log.info(ev.PLASMA_EXIT_STARTED, pos=a.pos, amount=amount, txid=txid)
         elif isinstance(a, ProcessExits):
@@ -361,6 +367,22 @@ class UserService:
             self.node.send(self.operator, "pl_tx", {"tx": twin.to_wire()})
         return {"tx_hash": _hex(tx.hash)}
 
+    def transfer_many(self, to: str, amount: int, count: int) -> dict:
+        """Up to `count` transfers of `amount` to `to`, as many as our spendable outputs
+        allow (for load generation: each output pays one; `to` may be ourselves, which
+        splits each output in two)."""
+        if type(count) is not int or not 0 < count <= 100_000:
+            raise ControlError("bad_params", "count must be an int in 1..100000")
+        hashes = []
+        for _ in range(count):
+            try:
+                hashes.append(self.transfer(to, amount)["tx_hash"])
+            except ControlError as exc:
+                if exc.code != "insufficient_funds" or not hashes:
+                    raise
+                break
+        return {"sent": len(hashes), "tx_hashes": hashes}
+
     def balance(self) -> dict:
         total, utxos = self.watcher.balance()
         return {"total": total, "utxos": [{"pos": p, "amount": a} for p, a in utxos],
@@ -388,7 +410,18 @@ class UserService:
         return {"plasma_balance": total, "plasma_halted": self.watcher.halt_reason}
 
     async def _workload_transfer(self, to: str, amount: int) -> None:
-        self.transfer(to, amount)
+        """One `plasma-transfers` arrival.  Coins in flight (our change, not yet in a
+        committed block) come back within a few seconds: wait for them, as a wallet would."""
+        with trio.move_on_after(WALLET_WAIT):
+            while True:
+                try:
+                    self.transfer(to, amount)
+                    return
+                except ControlError as exc:
+                    if exc.code != "insufficient_funds":
+                        raise
+                await trio.sleep(TICK)
+        raise ControlError("insufficient_funds", f"no free output after {WALLET_WAIT} s")
 
     # -- byzantine behaviours ------------------------------------------------------------
     def _exit_spent(self) -> None:
@@ -397,10 +430,11 @@ class UserService:
         if not spent:
             self.node.log.warning(ev.NODE_ERROR, error="exit-spent: no spent output of ours")
             return
-        pos, tx, proof = spent[-1]
+        pos, tx, proof, confirms = spent[-1]
         bond = contract.chain_record(self.chain.tree.state, self.op)["bond"]
         txid = self.chain.submit_own(lambda n: contract.start_exit_tx(
-            self.node.identity, self.net, self.op, pos, tx, list(proof), bond, n))
+            self.node.identity, self.net, self.op, pos, tx, list(proof), bond, n,
+            confirms=[list(c) for c in confirms]))
         self.node.log.warning(ev.PLASMA_EXIT_STARTED, pos=pos, txid=txid, spent=True)
 
 

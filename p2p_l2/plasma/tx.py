@@ -1,14 +1,17 @@
 """Plasma transactions and blocks: the data the operator, the users and the L1 contract share.
 
-Design (Plasma MVP, DESIGN §6): an output is addressed by its position
-`block * BLOCK_SPAN + tx_index * TX_SPAN + output_index`.  Child blocks are numbered in steps
-of CHILD_BLOCK_INTERVAL; the L1 contract numbers deposit blocks in between (one deposit tx,
-no inputs).  A tx has up to 2 inputs and 2 outputs and one signature per input over
-`SIG_DOMAIN + hash`; the hash covers the chain (the operator's key), inputs and outputs, so a
-signature cannot be replayed on another plasma chain.  A block's Merkle leaves are tx hashes.
-A spender signs a *confirmation* of its tx in a block (`confirm_digest`) only after it has
-checked that block: only a confirmed spend can challenge an exit, so a tx caught in a
-withheld or invalid block never costs its sender the input (MVP confirmation signatures).
+Design (Plasma MVP, DESIGN §6): an output is addressed by its position `block * BLOCK_SPAN +
+tx_index * TX_SPAN + output_index`.  Child blocks are numbered in steps of CHILD_BLOCK_INTERVAL;
+the L1 contract numbers deposit blocks in between (one deposit tx, no inputs).  A tx has up to 2
+inputs and 2 outputs and one signature per input over `SIG_DOMAIN + hash`; the hash covers the
+chain (the operator's key), inputs and outputs, so a signature cannot be replayed on another
+plasma chain.  A block's Merkle leaves are `PlasmaTx.leaf`, the hash of the full signed
+encoding: the root commits the signatures too, so an exit can name the owner of each input of
+the tx and the contract checks that owner's signature without recovering a signer from it
+(ed25519 cannot).  A spender signs a *confirmation* of its tx in a block (`confirm_digest`) only
+after it has checked that block: only a confirmed spend can challenge an exit, so a tx caught in
+a withheld or invalid block never costs its sender the input (MVP confirmation signatures);
+and exiting an output of a tx takes the confirmations of its inputs (see the plasma contract).
 """
 
 from __future__ import annotations
@@ -78,18 +81,22 @@ def _bad(detail: str) -> RemoteProtocolError:
 @dataclass(frozen=True)
 class PlasmaTx:
     """A child-chain tx.  `outputs` are (owner pubkey, amount); `sigs[i]` signs for input i.
-    A deposit tx has no inputs and one output (no signature)."""
+    A deposit tx has no inputs and one output (no signature).  `hash` (chain, inputs,
+    outputs) is what the input owners sign and confirm; `leaf` (the hash of `encode()`,
+    signatures included) is what a block's Merkle tree holds."""
 
     chain: bytes
     inputs: tuple[int, ...]
     outputs: tuple[tuple[bytes, int], ...]
     sigs: tuple[bytes, ...] = ()
-    hash: bytes = field(init=False, repr=False, compare=False)
+    hash: bytes = field(init=False, repr=False, compare=False)  # what is signed, confirmed
+    leaf: bytes = field(init=False, repr=False, compare=False)  # the Merkle leaf (with sigs)
 
     def __post_init__(self) -> None:
         body = _packb([b"plasma-tx", self.chain, list(self.inputs),
                        [list(o) for o in self.outputs]])
         object.__setattr__(self, "hash", blake2b(body, digest_size=32).digest())
+        object.__setattr__(self, "leaf", blake2b(self.encode(), digest_size=32).digest())
 
     def fee_given(self, input_amounts: list[int]) -> int:
         return sum(input_amounts) - sum(a for _, a in self.outputs)
@@ -171,10 +178,11 @@ class PlasmaBlock:
     root: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", merkle_root([t.hash for t in self.txs]))
+        object.__setattr__(self, "root", merkle_root([t.leaf for t in self.txs]))
 
     def proof(self, tx_index: int) -> list[bytes]:
-        return merkle_proof([t.hash for t in self.txs], tx_index)
+        """The Merkle proof of `txs[tx_index].leaf` under `root`."""
+        return merkle_proof([t.leaf for t in self.txs], tx_index)
 
     def to_wire(self) -> list:
         return [self.number, [t.to_wire() for t in self.txs]]

@@ -17,15 +17,20 @@ service signs what `Confirm` asks for and builds the L1 txs.
 # it applies nothing more and exits every output it owns as of the last valid block, including
 # the inputs of its own txs that never made it into a valid block (their spends are unconfirmed,
 # so nobody can challenge those exits), and its deposits committed after that block.
-# MVP confirmations: the user confirms each of its txs once it has seen it in a valid block; an
-# output paid to us by someone else counts (balance, exits) only once the payers' confirmations
-# are known, since until then the payer could still exit the input.  An exit of an output the
-# watcher saw spent, with the owner's confirmation, is challenged (retried every `retry_blocks`
-# while pending) and raises `unchallenged_exit` when still pending near its exitable height.
-# An exit of an input and an output of the same tx (the payer never confirmed it, so nothing
-# can challenge either) raises `invalid_exit` too.  After a voluntary `exit_all` the watcher
-# still follows the chain (to challenge, and to exit what it is paid later) but confirms
-# nothing more.  Feed L1 events in L1 order (exits before the commitments of later L1 blocks).
+# MVP confirmations: the user confirms each of its txs once it has seen it in a valid block.  An
+# output of ours counts (balance, spending, exits) only once the confirmations of all the inputs
+# of its tx are here: a payer could still exit an input it did not confirm, the contract wants
+# them to exit the output, and the operator to spend it.  Ours come back from the service
+# (`own_confirmation`), the others' from the operator.  An exit waits in `_exit_wanted` until
+# they are all here; an output whose confirmations never come is never exited (its inputs are
+# not ours, or we confirmed them, or they were exited while the tx was pending).  An exit of an
+# output the watcher saw spent, with the owner's confirmation, is challenged (retried every
+# `retry_blocks` while pending) and raises `unchallenged_exit` when still pending near its
+# exitable height.  An exit of an input and an output of the same tx (the payer never confirmed
+# it, so nothing can challenge either) raises `invalid_exit` too.  After a voluntary `exit_all`
+# the watcher still follows the chain (to challenge, and to exit what it is paid later) but
+# confirms nothing more.  Feed L1 events in L1 order (exits before the commitments of later L1
+# blocks).
 
 from __future__ import annotations
 
@@ -75,8 +80,12 @@ class Alert:
 
 @dataclass(frozen=True, slots=True)
 class Confirm:
-    """Our tx is in valid block `number`: sign `digest` with the user's key and send it to the
-    operator as the confirmation of each input in `inputs` (the ones we own)."""
+    """Our tx is in valid block `number`: sign `digest` with the user's key, send it to the
+    operator as the confirmation of each input in `inputs` (the ones we own), and hand it back
+    to the watcher, `watcher.own_confirmation(tx_hash, sig)` (or, the same,
+    `on_confirmations(number, {tx_hash: [sig if i in inputs else b"" for i in range(n)]})`,
+    n = the tx's input count), and carry out the actions that returns: exits of the tx's
+    outputs need it (the contract checks the inputs' confirmations)."""
     number: int
     tx_hash: bytes
     root: bytes
@@ -99,10 +108,13 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class StartExit:
-    """Send a `start_exit` call (with the chain's bond) for our output at `pos`."""
+    """Send a `start_exit` call (with the chain's bond) for our output at `pos`, created by
+    `tx` (Merkle `proof`), with `confirms`: (owner, confirmation) per input of `tx`, empty for
+    a deposit — start_exit_tx(..., confirms=confirms)."""
     pos: int
     tx: PlasmaTx
     proof: tuple[bytes, ...]
+    confirms: tuple[tuple[bytes, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +165,12 @@ class Watcher:
         self._own: dict[bytes, PlasmaTx] = {}            # our txs not in a valid block yet
         self._spending: dict[int, bytes] = {}            # our input -> our pending tx
         self._confirmed: set[bytes] = set()              # our txs we sent Confirm for
-        self._awaiting: dict[bytes, tuple[int, tuple[bytes, ...]]] = {}  # payers' confirms
+        self._awaiting: dict[bytes, tuple[int, tuple[bytes, ...]]] = {}  # inputs' confirms
         self._exits: dict[int, dict] = {}                # pos -> last L1 exit record seen
         self._exit_heap: list[tuple[int, int]] = []      # (started, pos) not yet in force
         self._challenged: dict[int, int] = {}            # pos -> L1 height of last Challenge
         self._exit_sent: dict[int, int] = {}             # our pos -> L1 height of StartExit
+        self._exit_wanted: set[int] = set()              # our pos to exit once confirmed
         self._alerted: set[tuple[str, int]] = set()
         self._processed_at = -1
 
@@ -191,17 +204,22 @@ class Watcher:
                        if o == self.me and self._spendable(p))
         return sum(a for _, a in utxos), utxos
 
-    def spent_outputs(self) -> list[tuple[int, PlasmaTx, tuple[bytes, ...]]]:
-        """(pos, creating tx, proof) of our outputs spent by txs we confirmed, oldest spend
-        first: what a byzantine user would try to exit (fault.misbehave "exit-spent")."""
+    def spent_outputs(self) -> list[tuple[int, PlasmaTx, tuple[bytes, ...],
+                                          tuple[tuple[bytes, bytes], ...]]]:
+        """(pos, creating tx, proof, confirms) of our outputs spent by txs we confirmed, oldest
+        spend first, each with all it takes to start its exit (as in StartExit): what a
+        byzantine user would try to exit (fault.misbehave "exit-spent")."""
         spent = sorted((spend_pos, pos) for pos, spend_pos in self.utxos.spent.items()
                        if self._output_owner(pos) == self.me)
         out = []
         for spend_pos, pos in spent:
             number, tx_index, _ = split_pos(spend_pos)
             made = self._creating(pos)
-            if made is not None and self._blocks[number].txs[tx_index].hash in self._confirmed:
-                out.append((pos, *made))
+            if made is None or self._blocks[number].txs[tx_index].hash not in self._confirmed:
+                continue
+            confirms = self._exit_confirms(made[0])
+            if confirms is not None:
+                out.append((pos, *made, confirms))
         return out
 
     def exits(self) -> dict[int, dict]:
@@ -334,6 +352,17 @@ class Watcher:
             _fill(held[1], confs)
         return []
 
+    def own_confirmation(self, tx_hash: bytes, sig: bytes) -> list:
+        """The service signed a `Confirm` of ours: `sig` is our confirmation of tx `tx_hash`,
+        for every input of it we own.  Returns actions (exits that waited for it)."""
+        loc = self._tx_loc.get(tx_hash) if type(tx_hash) is bytes else None
+        if loc is None or type(sig) is not bytes or len(sig) != 64:
+            return []
+        number, tx_index = loc
+        tx = self._blocks[number].txs[tx_index]
+        sigs = [sig if self._output_owner(p) == self.me else b"" for p in tx.inputs]
+        return self._merge_confirmations(number, {tx_hash: tuple(sigs)})
+
     def on_own_spend(self, tx: PlasmaTx) -> None:
         """The user signed `tx` and is sending it: its inputs are ours and now "spending,
         unconfirmed".  Raises PlasmaRejected if they are not spendable outputs of ours."""
@@ -427,7 +456,8 @@ class Watcher:
 
     # -- internals ----------------------------------------------------------------------
     def _spendable(self, pos: int) -> bool:
-        if pos in self._exits or pos in self._exit_sent or pos in self._spending:
+        if pos in self._exits or pos in self._exit_sent or pos in self._spending \
+                or pos in self._exit_wanted:
             return False
         number, tx_index, _ = split_pos(pos)
         block = self._blocks.get(number)
@@ -457,19 +487,34 @@ class Watcher:
             return None
         return block.txs[tx_index], tuple(block.proof(tx_index))
 
+    def _exit_confirms(self, tx: PlasmaTx) -> tuple[tuple[bytes, bytes], ...] | None:
+        """(owner, confirmation) per input of `tx` (an applied tx, or a deposit: ()), as the
+        contract's start_exit wants them; None while any is missing."""
+        confirms = []
+        for k, p in enumerate(tx.inputs):
+            owner = self._output_owner(p)
+            if owner is None or not self._conf_ok(tx.hash, k, owner):
+                return None
+            confirms.append((owner, self._confs[tx.hash][k]))
+        return tuple(confirms)
+
     def _start_exits(self, positions: list[int]) -> list:
+        """StartExit for each of our `positions` not exiting yet; one whose tx's inputs are not
+        all confirmed (e.g. paid to us, the payer did not confirm) waits in _exit_wanted."""
         actions = []
         for pos in positions:
             if pos in self._exits or pos in self._exit_sent:
                 continue  # never exit an output twice
-            number, tx_index, _ = split_pos(pos)
-            if number in self._blocks and self._blocks[number].txs[tx_index].hash in self._awaiting:
-                continue  # paid to us, not confirmed by the payer: not ours yet
             made = self._creating(pos)
             if made is None:
                 continue
+            confirms = self._exit_confirms(made[0])
+            if confirms is None:
+                self._exit_wanted.add(pos)
+                continue
+            self._exit_wanted.discard(pos)
             self._exit_sent[pos] = self.l1_height
-            actions.append(StartExit(pos, *made))
+            actions.append(StartExit(pos, *made, confirms))
         return actions
 
     def _advance(self) -> list:
@@ -533,9 +578,9 @@ class Watcher:
         return None if out is None else out[0]
 
     def _settled(self, tx_hash: bytes, owners: tuple[bytes | None, ...]) -> bool:
-        """Every input of the tx is confirmed: by us (we sent Confirm) or by its owner."""
-        return all(self._conf_ok(tx_hash, k, o) or (o == self.me and tx_hash in self._confirmed)
-                   for k, o in enumerate(owners))
+        """We hold every input owner's confirmation of the tx (ours once the service handed
+        it back): its outputs can exit, and the operator lets them be spent."""
+        return all(self._conf_ok(tx_hash, k, o) for k, o in enumerate(owners))
 
     def _conf_ok(self, tx_hash: bytes, k: int, owner: bytes | None) -> bool:
         sigs = self._confs.get(tx_hash)
@@ -564,9 +609,10 @@ class Watcher:
             waiting = self._awaiting.get(tx_hash)
             if waiting is not None and self._settled(tx_hash, waiting[1]):
                 del self._awaiting[tx_hash]
-                if self.halted:
-                    actions += self._start_exits([position(number, loc[1], oi) for oi, (o, _)
-                                                  in enumerate(tx.outputs) if o == self.me])
+            wanted = [p for p in (position(number, loc[1], oi) for oi in range(len(tx.outputs)))
+                      if p in self._exit_wanted]
+            if wanted:
+                actions += self._start_exits(wanted)
             for pos in tx.inputs:
                 if pos in self._exits:
                     actions += self._try_challenge(pos)

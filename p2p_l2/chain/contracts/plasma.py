@@ -7,13 +7,22 @@ output exits with its tx, a Merkle proof and a bond, and pays out from
 an output of a later (maybe invalid) block never jumps ahead of an older one.  A challenge
 must carry the spend, its inclusion proof *and* the owner's MVP confirmation signature over
 `confirm_digest(spend.hash, root)` — a deviation from §6's bare "signed spend": it is what
-keeps a tx caught in a withheld or invalid block from costing its sender the input.  Exits
-are paid only while `deposits - paid` covers them (else "unfunded", the bond alone comes
-back), so finalised exits never exceed deposits.
+keeps a tx caught in a withheld or invalid block from costing its sender the input.
+Exits need the inputs' confirmations, MVP-style: the exit of an output of a tx with inputs
+names each input's owner with that owner's confirmation of the tx in its block (else a payer
+who never confirmed a tx could exit both its input, which nothing can challenge, and its
+change).  ed25519 cannot recover a signer, but the Merkle leaf (`PlasmaTx.leaf`) commits the
+tx's signatures, so the contract checks that each named owner signed the tx.  A confirmation
+shown in an exit is public from then on: it cancels a pending exit of that input by that owner
+(a challenge: the new exiter takes the bond), the exit is refused if that owner's exit of the
+input was already paid, and that owner may never exit the input later.  Exits are paid only
+while `deposits - paid` covers them (else "unfunded", the bond alone comes back), so
+finalised exits never exceed deposits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ...errors import RemoteProtocolError
@@ -25,6 +34,7 @@ from ...plasma.tx import (
     PlasmaTx,
     confirm_digest,
     deposit_tx,
+    position,
     split_pos,
 )
 from ...wire.identity import Identity, verify
@@ -60,6 +70,8 @@ MAX_PROOF = 64  # siblings in a Merkle proof
 # Exit statuses (a record per position, never removed: a position exits at most once).
 #   start_exit:    (none) -> pending
 #   challenge:     pending -> challenged            (the bond goes to the challenger)
+#   start_exit of an output, showing the confirmation of the spend of an exiting input:
+#                  pending -> challenged            (the bond goes to the new exit's owner)
 #   process_exits: pending -> finalized | unfunded  (amount + bond | the bond alone)
 TRANSITIONS: dict[str, frozenset[str]] = {
     "challenge": frozenset({"pending"}),
@@ -74,6 +86,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #       (a deposit block: its depositor and amount; a child block: None, 0)
 #   ("c", "plasma", operator, "x", pos) -> {owner, amount, bond, started, exitable_at,
 #                                           status, challenger}
+#   ("c", "plasma", operator, "s", pos, owner) -> position of the tx (output index 0) that
+#       spends `pos`, shown with `owner`'s confirmation by an exit: `owner` may not exit `pos`
 
 
 def _error(detail: str) -> TxRejected:
@@ -111,6 +125,20 @@ def _proof(args: dict) -> list[bytes]:
     return v
 
 
+def _confirms(args: dict, n_inputs: int) -> list[tuple[bytes, bytes]]:
+    v = args.get("confirms")
+    if type(v) is not list or len(v) != n_inputs:
+        raise _error(f"confirms must be a list of {n_inputs} [owner, confirmation] (one per "
+                     "input of the tx)")
+    out = []
+    for c in v:
+        if type(c) is not list or len(c) != 2 or type(c[0]) is not bytes or len(c[0]) != 32 \
+                or type(c[1]) is not bytes or len(c[1]) != 64:
+            raise _error("confirms: expected [32-byte owner, 64-byte confirmation] each")
+        out.append((c[0], c[1]))
+    return out
+
+
 def _key(operator: bytes, *rest: Any) -> tuple:
     return ("c", NAME, operator, *rest)
 
@@ -124,7 +152,7 @@ class Plasma(Contract):
         "register": {"operator", "exit_blocks", "bond"},
         "deposit": {"operator"},
         "commit": {"operator", "number", "root"},
-        "start_exit": {"operator", "pos", "tx", "proof"},
+        "start_exit": {"operator", "pos", "tx", "proof", "confirms"},
         "challenge": {"operator", "pos", "spend", "spend_pos", "proof", "confirm"},
         "process_exits": {"operator"},
     }
@@ -206,12 +234,14 @@ def _commit(state: State, tx: Tx, height: int, args: dict, operator: bytes, rec:
 def _start_exit(
     state: State, tx: Tx, height: int, args: dict, operator: bytes, rec: dict
 ) -> None:
-    """The owner of an output in a committed block exits it, posting the bond."""
+    """The owner of an output in a committed block exits it, posting the bond; for a tx with
+    inputs, `confirms` names each input's owner with its confirmation of the tx."""
     if tx.amount != rec["bond"]:
         raise _error(f"amount {tx.amount} != the bond {rec['bond']}")
     pos = _int(args, "pos", 1)
     ptx = _ptx(args, "tx")
     proof = _proof(args)
+    confirms = _confirms(args, len(ptx.inputs))
     block, tx_index, oindex = split_pos(pos)
     entry = state.get(_key(operator, "b", block))
     if entry is None:
@@ -219,7 +249,7 @@ def _start_exit(
     root, utxo_height = entry[0], entry[1]
     if ptx.chain != operator:
         raise _error("the tx is of another plasma chain")
-    if not verify_proof(ptx.hash, tx_index, proof, root):
+    if not verify_proof(ptx.leaf, tx_index, proof, root):
         raise _error(f"the tx is not at index {tx_index} of block {block}")
     if oindex >= len(ptx.outputs):
         raise _error(f"the tx has no output {oindex}")
@@ -228,6 +258,31 @@ def _start_exit(
         raise _error("only the output's owner may exit it")
     if state.get(_key(operator, "x", pos)) is not None:
         raise _error(f"position {pos} already has an exit")
+    if state.get(_key(operator, "s", pos, owner)) is not None:
+        raise _error(f"position {pos}: a confirmed spend of it by its owner is on L1")
+    digest = confirm_digest(ptx.hash, root)
+    cancel = []
+    for i, (in_owner, sig) in enumerate(confirms):
+        if not ptx.sig_ok(i, in_owner):
+            raise _error(f"confirms[{i}]: the tx is not signed by that owner of input {i}")
+        if not verify(in_owner, digest, sig):
+            raise _error(f"confirms[{i}]: not that owner's confirmation of the tx in block "
+                         f"{block}")
+        ex = state.get(_key(operator, "x", ptx.inputs[i]))
+        if ex is not None and ex["owner"] == in_owner:
+            if ex["status"] == "finalized":
+                raise _error(f"input {ptx.inputs[i]} of the tx already exited (paid out)")
+            if ex["status"] in TRANSITIONS["challenge"]:
+                cancel.append((ptx.inputs[i], ex))
+    spend_pos = position(block, tx_index, 0)
+    for i, (in_owner, _) in enumerate(confirms):
+        state.set(_key(operator, "s", ptx.inputs[i], in_owner), spend_pos)
+    for in_pos, ex in cancel:  # the confirmation shown is a challenge of those exits
+        state.set(_key(operator, "x", in_pos), dict(ex, status="challenged",
+                                                     challenger=tx.sender))
+        rec["bonds"] -= ex["bond"]
+        if ex["bond"]:
+            state.add_balance(tx.sender, ex["bond"])
     exit_blocks = rec["exit_blocks"]
     exitable_at = max(height + exit_blocks, utxo_height + 2 * exit_blocks)
     state.set(_key(operator, "x", pos), {
@@ -269,7 +324,7 @@ def _challenge(
     if entry is None:
         raise _error(f"block {block} is not committed")
     root = entry[0]
-    if not verify_proof(spend.hash, tx_index, proof, root):
+    if not verify_proof(spend.leaf, tx_index, proof, root):
         raise _error(f"the spend is not at index {tx_index} of block {block}")
     if not verify(owner, confirm_digest(spend.hash, root), confirm):
         raise _error("confirm is not the owner's confirmation of the spend in that block")
@@ -383,9 +438,13 @@ def start_exit_tx(
     bond: int,
     nonce: int,
     fee: int = 1,
+    confirms: Sequence[tuple[bytes, bytes]] = (),
 ) -> Tx:
-    """Exit the output at `pos` (created by `tx`, proven by `proof`), posting `bond`."""
-    args = {"operator": operator, "pos": pos, "tx": tx.encode(), "proof": list(proof)}
+    """Exit the output at `pos` (created by `tx`, proven by `proof`), posting `bond`.
+    `confirms`: one (owner, confirmation of `tx` in its block) per input of `tx`, in input
+    order; none for a deposit."""
+    args = {"operator": operator, "pos": pos, "tx": tx.encode(), "proof": list(proof),
+            "confirms": [[o, sig] for o, sig in confirms]}
     return call(identity, net, NAME, "start_exit", args, nonce, fee, amount=bond)
 
 
