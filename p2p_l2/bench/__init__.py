@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "l1": "p2p_l2.bench.l1",
     "channel": "p2p_l2.bench.channel",
     "multihop": "p2p_l2.bench.channel",
+    "plasma": "p2p_l2.bench.plasma",
 }
 
 
