@@ -132,6 +132,50 @@ async def _ctl(args) -> int:
     return 0
 
 
+def _fault_params(items: list[str]) -> dict:
+    """`key=value` words: JSON values as such, `a,b` as a list, `a,b/c,d` as groups."""
+    out: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise P2PL2Error(f"expected key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+            if "/" in raw:
+                value = [g.split(",") for g in raw.split("/")]
+            elif "," in raw:
+                value = raw.split(",")
+        out[key] = value
+    return out
+
+
+async def _fault(args) -> int:
+    from .cluster.process import Cluster
+    from .config.schema import parse_fault
+    from .faults.scenario import Scenario, Step
+    cluster = Cluster.attach(args.run_dir)
+    spec = parse_fault({"action": args.action, **_fault_params(args.params)}, cluster.config,
+                       source="p2p-l2 fault")
+    scenario = Scenario(cluster, duration=0)
+    console = _console()
+    async with trio.open_nursery() as nursery:
+        step = Step(0.0, "fault", 0, spec)
+        outcome = await scenario.apply(step, nursery)
+        console.print(f"{step.describe()}: {outcome}")
+        if outcome != "ok":
+            return 1
+        if spec.duration is not None:  # stay, then lift it (Ctrl-C lifts it early)
+            try:
+                await trio.sleep(spec.duration)
+            finally:
+                with trio.CancelScope(shield=True):
+                    lift = Step(spec.duration, "lift", 0, spec)
+                    console.print(f"{lift.describe()}: {await scenario.apply(lift, nursery)}")
+    return 0
+
+
 async def _down(args) -> int:
     from .cluster.process import Cluster
     cluster = Cluster.attach(args.run_dir)
@@ -187,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--params", help="JSON object of parameters")
     ctl.set_defaults(run=_ctl)
 
+    fault = sub.add_parser("fault", help="apply a fault to a running cluster (SPEC §5)",
+                           description="Apply one fault to a running cluster, checked like a "
+                           "[[fault]] entry. Parameters are key=value words: JSON values, "
+                           "a,b for a list, a,b/c,d for partition groups. With duration=S "
+                           "the command waits S seconds, then lifts the fault.",
+                           epilog="examples: p2p-l2 fault RUN partition groups=alice,bob/carol "
+                           "duration=10 | p2p-l2 fault RUN link between=alice,bob latency_ms=50 "
+                           "loss=0.1 | p2p-l2 fault RUN kill node=carol restart_after=5 | "
+                           "p2p-l2 fault RUN heal")
+    fault.add_argument("run_dir", type=Path)
+    fault.add_argument("action", help="partition, heal, link, kill, pause, restart, "
+                       "clock-skew, misbehave")
+    fault.add_argument("params", nargs="*", metavar="key=value")
+    fault.set_defaults(run=_fault)
+
     down = sub.add_parser("down", help="stop every node of a run")
     down.add_argument("run_dir", nargs="?", type=Path)
     down.set_defaults(run=_down)
@@ -201,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(sync=_node)
 
     bench = sub.add_parser("bench", help="benchmarks with same-run reference ratios")
-    bench.add_argument("name", choices=["cluster", "gossip", "l1", "channel", "multihop"])
+    bench.add_argument("name", choices=["cluster", "gossip", "l1", "channel", "multihop",
+                                        "plasma"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--nodes", type=int)
     bench.set_defaults(sync=_bench)

@@ -89,18 +89,56 @@ class ClusterBase(ABC):
                     out.append(e)
         return out
 
-    async def partition(self, *groups: list[str]) -> list[tuple[str, str]]:
-        """Cut every topology link between different groups (a blackhole on both ends).
+    async def partition(self, *groups: list[str], oneway: bool = False,
+                        shape: str | None = None, node: str | None = None,
+                        seed: int | None = None) -> list[tuple[str, str]]:
+        """Cut the topology links between `groups` (nodes named in none form one more
+        group), or in a Jepsen `shape` (isolate, halves, bridge, majorities-ring; nodes
+        picked from the config seed, or `seed`).  A two-way cut is a blackhole on both ends;
+        `oneway` (with groups) drops only what an earlier group sends to a later one.
+        Returns the cut (from, to) pairs that are links; `heal` lifts them all."""
+        import random
 
-        Nodes named in no group form one more group together.  Returns the links cut."""
-        where = {n: i for i, group in enumerate(groups) for n in group}
-        rest = len(groups)
-        cut = [(a, b) for a, b in self.config.links if where.get(a, rest) != where.get(b, rest)]
-        for a, b in cut:
-            for me, peer in ((a, b), (b, a)):
-                if self.alive(me):
+        from ..faults.partitions import cut_pairs, groups_cut, shape_cut
+        names = self.config.node_names
+        if shape is not None:
+            rng = random.Random(f"{self.config.cluster.seed if seed is None else seed}/{shape}")
+            cut = shape_cut(shape, names, rng, node=node)
+        else:
+            cut = groups_cut(groups, names, oneway=oneway)
+        pairs = cut_pairs(cut, self.config.links)
+        for me, peer in pairs:
+            if self.alive(me):
+                if oneway:
+                    await self[me].call("fault.link", peer=peer, loss=1.0)
+                else:
                     await self[me].call("fault.link", peer=peer, blackhole=True)
-        return cut
+        return pairs
+
+    async def link(self, *, between: tuple[str, str] | None = None, from_: str | None = None,
+                   to: str | None = None, **shape) -> None:
+        """Condition a link (SPEC §5 `link`): both directions `between` two nodes, or one
+        direction `from_` -> `to`: latency_ms, jitter_ms, loss, duplicate, reorder,
+        bandwidth_kbps, blackhole, drop_types, ... (see `fault.link`)."""
+        ends = [(between[0], between[1]), (between[1], between[0])] if between else [(from_, to)]
+        for me, peer in ends:
+            if self.alive(me):
+                await self[me].call("fault.link", peer=peer, **shape)
+
+    async def unlink(self, *, between: tuple[str, str] | None = None, from_: str | None = None,
+                     to: str | None = None) -> None:
+        """Lift what `link` set on those ends."""
+        ends = [(between[0], between[1]), (between[1], between[0])] if between else [(from_, to)]
+        for me, peer in ends:
+            if self.alive(me):
+                await self[me].call("fault.clear", peer=peer)
+
+    async def skew(self, node: str, offset_s: float) -> None:
+        """Set `node`'s clock `offset_s` seconds off (its timestamps, block times, expiries)."""
+        await self[node].call("clock.skew", offset_s=offset_s)
+
+    async def misbehave(self, node: str, behaviour: str, enable: bool = True) -> None:
+        await self[node].call("fault.misbehave", behaviour=behaviour, enable=enable)
 
     async def open_config_channels(self, timeout: float = 120.0, report=None) -> None:
         """Open the config's `[[channel]]`s and wait until each is confirmed on L1, open at

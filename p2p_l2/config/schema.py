@@ -17,6 +17,7 @@ from p2p_l2.config.model import (
     LinkParams, NodeSpec, PlasmaParams, WorkloadSpec,
 )
 from p2p_l2.config.reader import NAME_RE, Reader, check_int, check_list, check_str, fail, join
+from p2p_l2.faults.partitions import SHAPES
 
 WORKLOAD_ROLE = {"payments": "channels", "l1-transfers": None, "plasma-transfers": "plasma-user"}
 BEHAVIOUR_ROLE = {  # misbehaviour → the role a node needs to be able to do it
@@ -286,7 +287,14 @@ def _fault(r: Reader) -> FaultSpec:
             params[key] = getter(key, *args, **kw)
 
     if action == "partition":
-        params["groups"] = r.get("groups", _groups(r))
+        if r.has("shape"):  # a Jepsen shape instead of explicit groups
+            if r.has("groups"):
+                raise r.error("shape", "`groups` or `shape`, not both")
+            params["shape"] = r.str("shape", choices=SHAPES)
+            if params["shape"] == "isolate":
+                put("node", r.name)
+        else:
+            params["groups"] = r.get("groups", _groups(r))
         put("oneway", r.bool)
     elif action == "link":
         if r.has("between") == (r.has("from") or r.has("to")):
@@ -308,6 +316,8 @@ def _fault(r: Reader) -> FaultSpec:
             raise fail(r.source, r.path, "at least one of: " + ", ".join(LINK_FAULT_KEYS))
     elif action != "heal":
         params["node"] = r.name("node")
+    if action == "partition" and params.get("oneway") and "groups" not in params:
+        raise r.error("oneway", "`groups` with it (the earlier groups cannot reach the later)")
     if action == "kill":
         put("restart_after", r.float, lo=0)
     elif action == "pause" and duration is None:
@@ -321,6 +331,13 @@ def _fault(r: Reader) -> FaultSpec:
             r.check_name(r.source, r.at("node"), params["node"], role)
     r.done()
     return FaultSpec(at=at, action=action, duration=duration, params=params)
+
+
+def parse_fault(table: dict, config: Config, source: str = "fault") -> FaultSpec:
+    """One fault given outside a config file (`p2p-l2 fault`), checked against `config`'s
+    nodes and roles exactly like a `[[fault]]` entry; `at` defaults to 0."""
+    r = Reader(source, "", {"at": 0.0, **table}, nodes={n.name: n.roles for n in config.nodes})
+    return _fault(r)
 
 
 def _groups(r: Reader) -> Any:

@@ -16,9 +16,6 @@ import trio
 from ..config import Config, FaultSpec, WorkloadSpec
 from ..errors import P2PL2Error
 
-# Fault actions the cluster can carry out today; the rest of SPEC §5 (link shaping, clock
-# skew, byzantine behaviours) arrives with the issues that build them.
-SUPPORTED = {"partition", "heal", "kill", "pause", "restart", "misbehave"}
 
 
 @dataclass(frozen=True)
@@ -89,18 +86,28 @@ class Scenario:
             await c.start_workload(step.spec, id=f"w{step.index}")
             return "ok"
         spec, p = step.spec, step.spec.params
-        if spec.action not in SUPPORTED or p.get("oneway"):
-            return f"skipped: {spec.action}{' oneway' if p.get('oneway') else ''} is not supported yet"
+        ends = {"between": p.get("between"), "from_": p.get("from"), "to": p.get("to")}
         if step.what == "lift":
             if spec.action == "partition":
                 await c.heal()
+            elif spec.action == "link":
+                await c.unlink(**ends)
             elif spec.action == "pause":
                 await c.resume(p["node"])
+            elif spec.action == "clock-skew":
+                await c.skew(p["node"], 0.0)
             elif spec.action == "misbehave":
-                await c[p["node"]].call("fault.misbehave", behaviour=p["behaviour"], enable=False)
+                await c.misbehave(p["node"], p["behaviour"], enable=False)
             return "ok"
         if spec.action == "partition":
-            await c.partition(*[list(g) for g in p["groups"]])
+            await c.partition(*[list(g) for g in p.get("groups", ())], oneway=p.get("oneway", False),
+                              shape=p.get("shape"), node=p.get("node"))
+        elif spec.action == "link":
+            shape = {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()
+                     if k not in ("between", "from", "to")}
+            await c.link(**ends, **shape)
+        elif spec.action == "clock-skew":
+            await c.skew(p["node"], p["offset_s"])
         elif spec.action == "heal":
             await c.heal()
         elif spec.action == "kill":
@@ -115,7 +122,7 @@ class Scenario:
         elif spec.action == "restart":
             await c.restart(p["node"])
         elif spec.action == "misbehave":
-            await c[p["node"]].call("fault.misbehave", behaviour=p["behaviour"])
+            await c.misbehave(p["node"], p["behaviour"])
         return "ok"
 
     async def stop_workloads(self) -> None:

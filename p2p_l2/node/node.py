@@ -102,7 +102,8 @@ class Node:
                            "gossip.publish": self.publish, "gossip.publish_many": self.publish_many,
                            "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
                            "fault.clear": self.fault_clear,
-                           "fault.misbehave": self.misbehave}.items():
+                           "fault.misbehave": self.misbehave,
+                           "clock.skew": self.clock_skew}.items():
             self.control.register(method, fn)
 
     # -- time --------------------------------------------------------------------------
@@ -405,6 +406,19 @@ class Node:
             self.log.info(ev.FAULT_CLEARED, action="link", peer=p)
         self._notify_links()
         return {"cleared": cleared}
+
+    def clock_skew(self, offset_s: float) -> dict:
+        """Set this node's clock `offset_s` seconds off true time (SPEC §5 `clock-skew`):
+        its log timestamps, block times, mempool expiry and the future-time check it applies
+        to others' blocks all follow it; durations (timers, timeouts) do not change."""
+        if type(offset_s) not in (int, float) or abs(offset_s) > 10 * 365 * 86400:
+            raise ControlError("bad_params", "offset_s must be a number of seconds")
+        old, self.skew = self.skew, float(offset_s)
+        if offset_s:
+            self.log.warning(ev.FAULT_APPLIED, action="clock-skew", offset_s=self.skew, was=old)
+        else:
+            self.log.info(ev.FAULT_CLEARED, action="clock-skew", was=old)
+        return {"offset_s": self.skew}
 
     def misbehave(self, behaviour: str, enable: bool = True) -> dict:
         """Switch a byzantine behaviour on or off (SPEC §5)."""
