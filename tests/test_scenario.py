@@ -59,6 +59,9 @@ async def test_scenario_plays_workloads_and_faults(autojump_clock, memory_cluste
     assert abs(n3.wall() - n1.wall() - 2.0) < 1e-6  # its timestamps and block times follow
     applied = await cluster.wait_for_event("n1", ev.FAULT_APPLIED)
     assert applied["peer"] == "n2" and applied["params"]["blackhole"]
+    started = next(e for e in cluster.events("n1") if e["event"] == ev.WORKLOAD_STARTED)
+    assert abs((applied["ts"] - started["ts"]) - (5.0 - 1.0)) <= 0.5  # on schedule
+    assert abs((skewed["ts"] - 2.0 - started["ts"]) - (6.0 - 1.0)) <= 0.5  # (n3's clock is +2)
     await cluster.wait_for_event("n1", ev.FAULT_CLEARED, peer="n2")
     counts = await cluster.workload_counts()
     sent = sum(counts["w0 l1-transfers"].values())

@@ -4,17 +4,23 @@ Outbound messages are queued without blocking and a writer task coalesces whatev
 queued into one sealed frame (the plaintext is a run of length-prefixed msgpack bodies),
 so a burst costs one encryption and one syscall.  The reader opens frames, splits them
 and hands `(kind, payload)` to the node.  Keepalive: a ping every `ping_interval`; a link
-silent for `ping_timeout` is closed.
+silent for `ping_timeout` is closed.  A link fault (`faults.conditioner`) is applied on
+the way out: with one set, `send_body` asks it when each message leaves (or whether it is
+lost, duplicated, or closes the link) and a delay task releases held messages on time;
+without one, nothing of it runs.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import struct
 from collections.abc import Callable
 
 import trio
 
 from ..errors import RemoteProtocolError
+from ..faults.conditioner import Conditioner, kind_of
 from ..wire import FrameDecoder, Session, codec, encode_frame
 
 MAX_BATCH_BYTES = 256 * 1024
@@ -41,15 +47,32 @@ class PeerLink:
         self._send, self._recv = trio.open_memory_channel[bytes](QUEUE_LIMIT)
         self._last_rx = trio.current_time()
         self._ping_n = 0
+        self._pings: dict[int, tuple[float, trio.Event | None]] = {}  # n -> (sent at, waiter)
+        self.rtt: float | None = None  # seconds, the last ping's round trip
         self.close_reason = "closed"
         self.queued_bytes = 0
         self.cancel_scope = trio.CancelScope()
         self.stats = {"frames_out": 0, "frames_in": 0, "msgs_out": 0, "msgs_in": 0,
                       "bytes_out": 0, "bytes_in": 0}
+        self.conditioner: Conditioner | None = None
+        self._held: list[tuple[float, int, bytes | None]] = []  # (leave at, seq, body/None=close)
+        self._seq = itertools.count()
+        self._held_changed = trio.Event()
+        self._close_when_sent = False
 
     def info(self) -> dict:
         return {"name": self.name, "pubkey": self.pubkey.hex(), "addr": self.addr,
-                "direction": self.direction, "since": self.since}
+                "direction": self.direction, "since": self.since,
+                "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3)}
+
+    def ping(self, done: trio.Event | None = None) -> None:
+        """Send a ping; its pong sets `rtt` (and `done`).  Unanswered pings are forgotten
+        after a few newer ones."""
+        self._ping_n += 1
+        self._pings[self._ping_n] = (trio.current_time(), done)
+        for n in [n for n in self._pings if n <= self._ping_n - 16]:
+            del self._pings[n]
+        self.send("ping", {"n": self._ping_n})
 
     # -- sending -----------------------------------------------------------------------
     def send(self, kind: str, payload) -> None:
@@ -57,6 +80,52 @@ class PeerLink:
         self.send_body(codec.encode(kind, payload))
 
     def send_body(self, body: bytes) -> None:
+        cond = self.conditioner
+        if cond is not None:
+            self._condition(cond, body)
+            return
+        self._queue(body)
+
+    def _condition(self, cond: Conditioner, body: bytes) -> None:
+        now = trio.current_time()
+        decision = cond.decide(kind_of(body) if cond.needs_kind else "", len(body), now)
+        if decision.close == "before":
+            self.close("fault:close-before")
+            return
+        for t in decision.sends:
+            if t <= now:
+                self._queue(body)
+            else:
+                heapq.heappush(self._held, (t, next(self._seq), body))
+        if decision.close == "after":
+            last = decision.sends[-1] if decision.sends else now
+            heapq.heappush(self._held, (last, next(self._seq), None))
+        if self._held:
+            self._held_changed.set()
+
+    async def _release_held(self) -> None:
+        """Send held (delayed) messages when their time comes."""
+        held = self._held
+        while True:
+            if not held:
+                self._held_changed = trio.Event()
+                await self._held_changed.wait()
+                continue
+            t, _, body = held[0]
+            if t > trio.current_time():
+                self._held_changed = trio.Event()
+                with trio.move_on_at(t):
+                    await self._held_changed.wait()
+                continue
+            heapq.heappop(held)
+            if body is None:  # close once what is queued (the rule's message) is out
+                self._close_when_sent = True
+                if self.queued_bytes == 0:
+                    self.close("fault:close-after")
+                return
+            self._queue(body)
+
+    def _queue(self, body: bytes) -> None:
         if self.queued_bytes > QUEUE_BYTES:
             self.close("send_queue_full")
             return
@@ -94,6 +163,9 @@ class PeerLink:
             self.stats["msgs_out"] += count
             self.stats["bytes_out"] += len(frame)
             await self.stream.send_all(frame)
+            if self._close_when_sent and self.queued_bytes == 0:
+                self.close("fault:close-after")
+                return
 
     # -- receiving ---------------------------------------------------------------------
     def _dispatch_frame(self, frame: bytes) -> None:
@@ -120,7 +192,11 @@ class PeerLink:
                 if not self.muted():
                     self.send("pong", payload)
             elif kind == "pong":
-                pass
+                sent = self._pings.pop(payload.get("n"), None) if type(payload) is dict else None
+                if sent is not None:
+                    self.rtt = trio.current_time() - sent[0]
+                    if sent[1] is not None:
+                        sent[1].set()
             elif kind == "bye":
                 self.close("peer_bye:" + payload["reason"])
                 return
@@ -147,9 +223,8 @@ class PeerLink:
             if trio.current_time() - self._last_rx > self.ping_timeout:
                 self.close("ping_timeout")
                 return
-            self._ping_n += 1
             if not self.muted():
-                self.send("ping", {"n": self._ping_n})
+                self.ping()
 
     async def _guard(self, fn) -> None:
         try:
@@ -166,6 +241,7 @@ class PeerLink:
             with self.cancel_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._guard, self._writer)
+                    nursery.start_soon(self._release_held)
                     nursery.start_soon(self._keepalive)
                     await self._guard(self._reader)
                     nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import trio
@@ -23,6 +24,7 @@ from ..channel.service import ChannelService, TowerService
 from ..plasma.service import OperatorService, UserService
 from ..config import Config
 from ..errors import ControlError, RemoteProtocolError
+from ..faults.conditioner import Conditioner, LinkShape
 from ..faults.links import LinkFaults
 from ..gossip import Deliver, Gossip, Reject, Send
 from ..log import EventLog
@@ -91,6 +93,15 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
         self.faults = LinkFaults()
+        # the link conditioner on our side of each link: the config's [topology]
+        # default_link / [[link]] shape, replaced by a `fault.link` until `fault.clear`
+        self._base_shapes = {p: s for p in self.neighbours
+                             if not (s := LinkShape.from_params(asdict(config.link_params(name, p)))).is_identity}
+        self._fault_shapes: dict[str, LinkShape] = {}
+        self.conditioners: dict[str, Conditioner] = {}
+        self._shapes_set = 0
+        for peer, shape in self._base_shapes.items():
+            self._set_shape(peer, shape)
         self.workloads = WorkloadRunner(self)
         self.chain = ChainService(self)  # every node validates layer 1
         self.channels = ChannelService(self) if "channels" in self.spec.roles else None
@@ -103,7 +114,7 @@ class Node:
                            "gossip.stats": self.gossip_stats, "fault.link": self.fault_link,
                            "fault.clear": self.fault_clear,
                            "fault.misbehave": self.misbehave,
-                           "clock.skew": self.clock_skew}.items():
+                           "clock.skew": self.clock_skew, "ping": self.ping}.items():
             self.control.register(method, fn)
 
     # -- time --------------------------------------------------------------------------
@@ -237,6 +248,7 @@ class Node:
                         on_reject=self._on_reject, ping_interval=self.ping_interval,
                         ping_timeout=4 * self.ping_interval,
                         muted=lambda: self.faults.blackholed(name))
+        link.conditioner = self.conditioners.get(name)
         self.links[name] = link
         self.gossip.add_peer(name)
         self.log.info(ev.PEER_CONNECTED, peer=name, direction=direction, addr=addr)
@@ -345,6 +357,19 @@ class Node:
     def peers(self) -> list[dict]:
         return [self.links[n].info() for n in sorted(self.links)]
 
+    async def ping(self, peer: str, timeout: float = 10.0) -> dict:
+        """One round trip to a linked peer, through the link's faults: `{peer, rtt_ms}`."""
+        link = self.links.get(peer)
+        if link is None:
+            raise ControlError("unknown_peer", f"{peer!r} is not connected to {self.name}")
+        done = trio.Event()
+        t0 = trio.current_time()
+        link.ping(done)
+        with trio.move_on_after(timeout):
+            await done.wait()
+            return {"peer": peer, "rtt_ms": (trio.current_time() - t0) * 1000}
+        raise ControlError("timeout", f"no pong from {peer} within {timeout} s")
+
     def publish(self, topic: str, data, force: bool = False) -> dict:
         if not isinstance(topic, str) or not topic:
             raise ControlError("bad_params", "topic must be a non-empty string")
@@ -388,22 +413,48 @@ class Node:
         """Gossip counters and per-link traffic counters."""
         return {**self.gossip.stats, "links": {n: dict(link.stats) for n, link in self.links.items()}}
 
-    def fault_link(self, peer: str, blackhole: bool = False) -> dict:
-        """Apply a fault to our side of the link to `peer` (SPEC §5; more kinds to come)."""
+    def _set_shape(self, peer: str, shape: LinkShape | None) -> None:
+        """Condition what we send to `peer` (None: send as is), on the live link too."""
+        if shape is None or shape.is_identity:
+            self.conditioners.pop(peer, None)
+        else:  # seeded per node, peer and change: a run replays the same losses and delays
+            self._shapes_set += 1
+            rng = random.Random(f"{self.config.cluster.seed}/{self.name}/{peer}/{self._shapes_set}")
+            self.conditioners[peer] = Conditioner(shape, rng)
+        link = self.links.get(peer)
+        if link is not None:
+            link.conditioner = self.conditioners.get(peer)
+
+    def fault_link(self, peer: str, **params) -> dict:
+        """Shape our side of the link to `peer` (SPEC §5 `link`): latency_ms, jitter_ms,
+        jitter_dist, loss, loss_correlation, duplicate, reorder, reorder_ms,
+        bandwidth_kbps, blackhole, drop_types, rules.  Replaces the link's previous fault."""
         if peer not in self.neighbours:
             raise ControlError("unknown_peer", f"{peer!r} is not linked to {self.name}")
-        if type(blackhole) is not bool:
-            raise ControlError("bad_params", "blackhole must be true or false")
-        fault = self.faults.set(peer, blackhole=blackhole)
-        self.log.info(ev.FAULT_APPLIED, action="link", peer=peer, params=fault.to_dict())
+        try:
+            shape = LinkShape.from_params(params)
+        except ValueError as exc:
+            raise ControlError("bad_params", str(exc)) from None
+        if shape.blackhole:  # nothing either way, and no re-dial (a partition is made of it)
+            self.faults.set(peer, blackhole=True)
+        else:
+            self.faults.clear(peer)
+        self._fault_shapes[peer] = shape
+        self._set_shape(peer, shape)
+        self.log.info(ev.FAULT_APPLIED, action="link", peer=peer, params=shape.to_dict())
         self._notify_links()
-        return {"peer": peer, **fault.to_dict()}
+        return {"peer": peer, **shape.to_dict()}
 
     def fault_clear(self, peer: str | None = None) -> dict:
-        """Lift the link faults on `peer`, or on every link."""
-        cleared = self.faults.clear(peer)
-        for p in cleared:
-            self.log.info(ev.FAULT_CLEARED, action="link", peer=p)
+        """Lift the link faults on `peer`, or on every link (the config's shape returns)."""
+        peers = [peer] if peer is not None else sorted(set(self._fault_shapes) | set(self.faults.by_peer))
+        cleared = []
+        for p in peers:
+            had = self.faults.clear(p) + ([p] if self._fault_shapes.pop(p, None) else [])
+            if had:
+                self._set_shape(p, self._base_shapes.get(p))
+                cleared.append(p)
+                self.log.info(ev.FAULT_CLEARED, action="link", peer=p)
         self._notify_links()
         return {"cleared": cleared}
 

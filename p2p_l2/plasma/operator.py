@@ -106,6 +106,11 @@ class OperatorCore:
         block `number` that have any; served with the block data."""
         return {h: list(sigs) for h, sigs in self._confirms.get(number, {}).items()}
 
+    def confirmations_of(self, tx_hash: bytes) -> list[bytes]:
+        """The confirmation signatures (b"" where missing) of one tx in a block made."""
+        loc = self._tx_loc.get(tx_hash)
+        return list(self._confirms.get(loc[0], {}).get(tx_hash, ())) if loc else []
+
     # -- inputs -------------------------------------------------------------------------
     def submit(self, tx: PlasmaTx) -> int:
         """Accept `tx` into the mempool and return its fee, or raise PlasmaRejected (the

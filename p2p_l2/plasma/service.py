@@ -57,7 +57,7 @@ class OperatorService:
                                          self.store.exiting(), self.store.confirmations())
         self._seen = max([0, *(n for n, _, _ in self.store.deposits())])  # L1 blocks read
         self._committed: dict[int, int] = {}  # child block -> L1 height of our commit tx
-        self._dirty_confs: set[int] = set()
+        self._new_confs: dict[int, set[bytes]] = {}  # block -> txs confirmed since the last tick
         self._invalid_sent = False
         self._theft: tuple[int, int] | None = None  # (block, tx index) of our invalid tx
         for kind in ("pl_tx", "pl_get", "pl_confirm"):
@@ -106,14 +106,19 @@ class OperatorService:
             self.node.log.info(ev.PLASMA_BLOCK_MADE, number=block.number, txs=len(block.txs),
                                invalid=len(extra))
             if not self.node.misbehaving("operator-withhold"):
+                wire = block.to_wire()
                 for user in self.users:
-                    self.node.send(user, "pl_block", {"block": block.to_wire(), "confs": {}})
-        if self._dirty_confs and not self.node.misbehaving("operator-withhold"):
-            for number in sorted(self._dirty_confs):
-                confs = self.core.confirmations_for(number)
-                for user in self.users:
-                    self.node.send(user, "pl_confs", {"number": number, "confs": confs})
-        self._dirty_confs.clear()
+                    self.node.send(user, "pl_block", {"block": wire, "confs": {}})
+        if self._new_confs:  # persisted in one transaction, then passed on to the users
+            new = {n: {h: self.core.confirmations_of(h) for h in hashes}
+                   for n, hashes in self._new_confs.items()}
+            self._new_confs = {}
+            self.store.put_confirmations_many(
+                (n, h, sigs) for n, confs in new.items() for h, sigs in confs.items())
+            if not self.node.misbehaving("operator-withhold"):
+                for number, confs in sorted(new.items()):
+                    for user in self.users:
+                        self.node.send(user, "pl_confs", {"number": number, "confs": confs})
 
     def _commit(self, block: PlasmaBlock) -> None:
         self._committed[block.number] = self.chain.tree.height
@@ -186,9 +191,7 @@ class OperatorService:
         except PlasmaRejected as exc:
             raise RemoteProtocolError(exc.reason, exc.detail) from None
         number, _ = self.core.locate(p["hash"])
-        self.store.put_confirmations(number, p["hash"],
-                                     self.core.confirmations_for(number)[p["hash"]])
-        self._dirty_confs.add(number)
+        self._new_confs.setdefault(number, set()).add(p["hash"])  # stored at the next tick
 
 
 class UserService:
@@ -349,10 +352,13 @@ class UserService:
         return {"txid": txid}
 
     def transfer(self, to: str, amount: int, fee: int = 0) -> dict:
+        return {"tx_hash": _hex(self._transfer(to, amount, fee).hash)}
+
+    def _transfer(self, to: str, amount: int, fee: int = 0, candidates=None) -> PlasmaTx:
         if to not in self.node.pubkeys:
             raise ControlError("bad_params", f"unknown node {to!r}")
         try:
-            tx = self.watcher.make_transfer(self.node.pubkeys[to], amount, fee)
+            tx = self.watcher.make_transfer(self.node.pubkeys[to], amount, fee, candidates)
         except PlasmaRejected as exc:
             raise ControlError(exc.reason, exc.detail) from None
         except ValueError as exc:
@@ -365,7 +371,7 @@ class UserService:
             twin = PlasmaTx(tx.chain, tx.inputs, ((self.me, amount),) + tx.outputs[1:])
             twin = twin.signed([self.node.identity] * len(tx.inputs))
             self.node.send(self.operator, "pl_tx", {"tx": twin.to_wire()})
-        return {"tx_hash": _hex(tx.hash)}
+        return tx
 
     def transfer_many(self, to: str, amount: int, count: int) -> dict:
         """Up to `count` transfers of `amount` to `to`, as many as our spendable outputs
@@ -373,10 +379,11 @@ class UserService:
         splits each output in two)."""
         if type(count) is not int or not 0 < count <= 100_000:
             raise ControlError("bad_params", "count must be an int in 1..100000")
+        candidates = sorted(self.watcher.balance()[1], key=lambda u: (u[1], u[0]))
         hashes = []
         for _ in range(count):
             try:
-                hashes.append(self.transfer(to, amount)["tx_hash"])
+                hashes.append(_hex(self._transfer(to, amount, 0, candidates).hash))
             except ControlError as exc:
                 if exc.code != "insufficient_funds" or not hashes:
                     raise

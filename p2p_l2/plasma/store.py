@@ -46,8 +46,16 @@ class PlasmaStore:
     def blocks(self) -> dict[int, list]:
         return {n: _unpack(d) for n, d in self.db.execute("SELECT number, data FROM blocks")}
 
-    def put_confirmations(self, number: int, tx_hash: bytes, sigs: list[bytes]) -> None:
-        self._put("INSERT OR REPLACE INTO confs VALUES (?, ?, ?)", number, tx_hash, _pack(sigs))
+    def put_confirmations_many(self, rows) -> None:
+        """(number, tx hash, sigs) rows, in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO confs VALUES (?, ?, ?)",
+                                ((n, h, _pack(sigs)) for n, h, sigs in rows))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def confirmations(self) -> dict[int, dict[bytes, list[bytes]]]:
         out: dict[int, dict[bytes, list[bytes]]] = {}

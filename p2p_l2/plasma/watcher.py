@@ -35,7 +35,7 @@ service signs what `Confirm` asks for and builds the L1 txs.
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -226,10 +226,13 @@ class Watcher:
         """pos -> the last L1 record seen of every exit of the chain."""
         return {p: dict(r) for p, r in self._exits.items()}
 
-    def make_transfer(self, to: bytes, amount: int, fee: int = 0) -> PlasmaTx:
+    def make_transfer(self, to: bytes, amount: int, fee: int = 0,
+                      candidates: list[tuple[int, int]] | None = None) -> PlasmaTx:
         """An unsigned tx paying `amount` to `to` (one or two of our outputs, change back to
         us).  Sign it, pass it to on_own_spend, then send it.  Raises PlasmaRejected
-        (`halted`, `insufficient_funds`) or ValueError."""
+        (`halted`, `insufficient_funds`) or ValueError.  For many txs at once, pass
+        `candidates`: our `balance()` outputs sorted by (amount, pos); the picked ones are
+        removed from it (one scan of the UTXO set for the lot, not one per tx)."""
         if not _is_key(to):
             raise ValueError("to must be a 32-byte key")
         if type(amount) is not int or amount <= 0 or type(fee) is not int or fee < 0:
@@ -237,13 +240,19 @@ class Watcher:
         if self.halted:
             raise PlasmaRejected("halted", f"the watcher left the chain ({self.halt_reason})")
         need = amount + fee
-        utxos = sorted(self.balance()[1], key=lambda u: (u[1], u[0]))
-        pick = next(([u] for u in utxos if u[1] >= need), None)
+        utxos = candidates if candidates is not None else sorted(
+            self.balance()[1], key=lambda u: (u[1], u[0]))
+        i = bisect_left(utxos, (need, -1), key=lambda u: (u[1], u[0]))
+        pick = [utxos[i]] if i < len(utxos) else None
         if pick is None and len(utxos) >= 2 and utxos[-1][1] + utxos[-2][1] >= need:
             pick = utxos[-2:]
         if pick is None:
+            biggest = [a for _, a in utxos[-2:]]
             raise PlasmaRejected("insufficient_funds",
-                                 f"need {need} from at most 2 outputs, have {utxos}")
+                                 f"need {need} from at most 2 outputs; the largest: {biggest}")
+        if candidates is not None:
+            for u in pick:
+                candidates.remove(u)
         change = sum(a for _, a in pick) - need
         outputs = ((to, amount),) + (((self.me, change),) if change else ())
         return PlasmaTx(self.chain, tuple(p for p, _ in pick), outputs)
