@@ -322,6 +322,10 @@ async def test_cli_plasma_on_processes(tmp_path):
     finally:
         cli("down", run)
     assert pids_alive(run) == []
+    final = json.loads((run / "final_state.json").read_text())  # what `analyze` checks
+    assert final["total_balances"] + sum(final["locked"].values()) == (
+        final["genesis_total"] + final["rewards"])
+    assert final["locked"]["plasma"] == 120_000 and "op" in final["plasma"]
 
 
 def test_demo_runs_end_to_end(tmp_path):

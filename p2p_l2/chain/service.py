@@ -83,6 +83,7 @@ class ChainService:
         for method, fn in {"chain.balance": self.balance, "chain.send": self.send,
                            "chain.submit": self.submit, "chain.tx": self.tx_status,
                            "chain.tip": self.tip, "chain.block": self.block,
+                           "chain.state": self.state_summary,
                            "mempool": self.mempool_info}.items():
             node.control.register(method, fn)
 
@@ -354,6 +355,29 @@ class ChainService:
 
     def tip(self) -> dict:
         return {"height": self.tree.height, "hash": self.tree.tip.hash.hex()}
+
+    def state_summary(self) -> dict:
+        """The tip state in full, for invariant checks (`chain.state`; `down` saves it as
+        RUN/final_state.json): balances by account, coins locked by each contract, every
+        channel record and every plasma chain with its exits."""
+        from .contracts import CONTRACTS
+        from .contracts import plasma as plasma_contract
+        state, cfg = self.tree.state, self.node.config
+        balances = {self._name(k[1]): v for k, v in state.kv.items() if k[0] == "bal"}
+        channels = [dict(v, cid=k[2]) for k, v in state.items(("c", "channel")) if len(k) == 3]
+        plasma = {}
+        for k, rec in state.items(("c", "plasma")):
+            if len(k) == 3:
+                plasma[self._name(k[2])] = {"chain": dict(rec),
+                                            "exits": plasma_contract.exits(state, k[2])}
+        return {
+            "height": self.tree.height, "tip": self.tree.tip.hash.hex(),
+            "genesis": dict(cfg.accounts), "genesis_total": sum(cfg.accounts.values()),
+            "rewards": cfg.chain.block_reward * self.tree.height,
+            "balances": balances, "total_balances": sum(balances.values()),
+            "locked": {name: c.locked(state) for name, c in CONTRACTS.items()},
+            "channels": channels, "plasma": plasma,
+        }
 
     def block(self, height: int) -> dict:
         if type(height) is not int:

@@ -174,10 +174,37 @@ class Cluster(ClusterBase):
         self.launcher.resume(name)
 
     async def down(self) -> None:
-        """Stop every node of the run; no process of it is left behind."""
+        """Save the final layer-1 state (RUN/final_state.json, from the node with the
+        highest tip), then stop every node of the run; no process of it is left behind."""
+        with trio.move_on_after(15):
+            await self.save_final_state()
         for handle in self._handles.values():
             await handle.client.aclose()
         await trio.to_thread.run_sync(self.launcher.stop_all)
+
+
+    async def save_final_state(self) -> None:
+        import json
+
+        from ..log import jsonable
+        best = None
+        for name in self.names:
+            if self.alive(name):
+                try:
+                    tip = await self[name].call("chain.tip", _timeout=3.0)
+                except P2PL2Error:
+                    continue
+                if best is None or tip["height"] > best[1]:
+                    best = (name, tip["height"])
+        if best is None:
+            return
+        try:
+            summary = await self[best[0]].call("chain.state", _timeout=10.0)
+        except P2PL2Error:
+            return
+        summary["queried"] = best[0]
+        (self.run_dir / "final_state.json").write_text(json.dumps(summary, default=jsonable,
+                                                                   indent=1))
 
 
 def require_running(cluster: Cluster) -> None:
