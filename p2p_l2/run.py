@@ -53,7 +53,8 @@ async def run(config_path: Path, run_dir: Path | None, duration: float | None,
     scenario = Scenario(cluster, duration=duration)
     (cluster.run_dir / "timeline.json").write_text(json.dumps(
         {"seed": cluster.config.cluster.seed, "duration": scenario.duration,
-         "steps": [{"at": s.at, "what": s.what, "step": s.describe()} for s in scenario.steps]},
+         "steps": [{"at": s.at, "what": s.what, "step": s.describe(),
+                    **s.resolved(cluster.config)} for s in scenario.steps]},
         indent=1))
     log: list[str] = []
 

@@ -226,8 +226,8 @@ async def test_unresponsive_peer_is_force_closed(autojump_clock, memory_cluster_
     assert closing["peer"] == "bob"
     await cluster.wait_for_event("alice", ev.CHANNEL_SETTLED, channel_id=ch["channel_id"],
                                  timeout=120)
-    failed = await cluster.wait_for_event("alice", ev.PAYMENT_FAILED, timeout=10)
-    assert failed["payment_hash"] == res["payment_hash"]  # never committed: it simply failed
+    assert any(e["event"] == ev.PAYMENT_FAILED and e["payment_hash"] == res["payment_hash"]
+               for e in cluster.events("alice"))  # never committed: it simply failed
 
 
 async def test_fee_policy_updates_reach_payers(autojump_clock, memory_cluster_factory):

@@ -24,7 +24,7 @@ __all__ = [
     "DISCONNECTED", "SYNCING", "IDLE", "PROPOSED", "TRANSITIONS",
     "Channel", "InvalidOp", "AddHtlc", "FulfillHtlc", "FailHtlc",
     "Send", "Persist", "Committed", "HtlcAdded", "HtlcFulfilled", "HtlcFailed", "OpRejected",
-    "Rejected",
+    "Rejected", "Resync", "RESYNC_REASONS",
 ]
 
 MAX_OPS = 1000            # ops in one ch_update (a state holds at most 1000 HTLCs anyway)
@@ -252,6 +252,18 @@ class OpRejected:
 
 
 @dataclass(slots=True)
+class Resync:
+    """The two sides are out of step (a message was lost on the way: a lossy link): drop
+    the link and re-synchronise on reconnect; our proposal in flight is re-queued by
+    on_disconnect, not refused."""
+    reason: str
+
+
+# nack reasons that mean "we are out of step", not "your update is wrong"
+RESYNC_REASONS = frozenset({"bad_seq"})
+
+
+@dataclass(slots=True)
 class Rejected:
     """The peer sent something invalid (`error.reason`); nothing changed.  Unless it was a
     ch_nack itself, a Send(ch_nack) with the same reason precedes this."""
@@ -296,6 +308,7 @@ class Channel:
         self._committed = committed
         self._ledger = _Ledger(committed.state)  # of `committed`; copied, never mutated
         self._queue: list = []
+        self._hold = False  # the peer was not ready for our update: wait until it speaks
         self._inflight: _Proposal | None = None
         self._tip: _Ledger | None = None  # committed + in flight + queued, for local checks
         self._next_id: int | None = None  # set at the first ch_sync (see _start_ids)
@@ -363,7 +376,7 @@ class Channel:
     def flush(self) -> list:
         """Propose one update with everything queued (up to MAX_OPS), if we are in sync and
         nothing of ours is in flight.  Ops that no longer pass are dropped (OpRejected)."""
-        if self._state != IDLE or not self._queue:
+        if self._state != IDLE or not self._queue or self._hold:
             return []
         led = self._ledger.copy()
         ops, actions, rest = [], [], self._queue[MAX_OPS:]
@@ -405,6 +418,7 @@ class Channel:
         yields Send(ch_nack) (except for a ch_nack) and Rejected, and changes nothing."""
         if self._state == DISCONNECTED:
             raise LocalProtocolError(f"receive({kind!r}) while disconnected")
+        self._hold = False
         try:
             if kind not in _MESSAGES:
                 raise RemoteProtocolError("unknown_kind", repr(kind)[:64])
@@ -494,6 +508,15 @@ class Channel:
         reason, index = p["reason"], p["op"]
         if type(reason) is not str or len(reason) > 64:
             raise RemoteProtocolError("bad_payload", "reason: expected a short string")
+        if reason in RESYNC_REASONS:
+            return [Resync(reason)]
+        if reason == "unexpected_message":  # the peer is still re-synchronising: not a
+            self._transition("ch_nack")     # refusal; propose it again once it speaks
+            self._inflight = None
+            self._tip = None
+            self._queue[:0] = prop.ops
+            self._hold = True
+            return []
         self._transition("ch_nack")
         self._inflight = None
         self._tip = None

@@ -45,6 +45,7 @@ FINAL_DELTA = 9  # blocks the payee wants before its HTLC expires
 MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
 EXPIRY_MARGIN = 2  # blocks before its expiry an unresolved HTLC of ours forces a close
 UNRESPONSIVE = 10.0  # seconds an update may wait for the peer's ack before we force-close
+RESYNC_AFTER = 2.0  # seconds without an ack before we re-synchronise (a message was lost)
 PAY_ATTEMPTS = 4
 DIRECT = b"\xd1"  # not an onion version: an HTLC "onion" for the peer only (a tiny map)
 
@@ -125,6 +126,7 @@ class ChannelService:
         self.outgoing.update(self.store.forwards())  # a restarted hop still passes preimages up
         self._reattach_payments()
         self._policy_seen: dict[tuple[bytes, bytes], float] = {}
+        self._early_anns: dict = {}  # announcements of channels our chain does not show yet
         self._load_graph()
         for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
             node.handlers[kind] = self._on_machine_msg(kind)
@@ -204,12 +206,21 @@ class ChannelService:
                 if ch.status != "open" or ch.machine is None:
                     continue
                 seq = ch.signed.state.seq
-                if ch.machine.in_flight is None or ch.closing.get("stuck", (None,))[0] != seq:
-                    ch.closing["stuck"] = (seq, now)
-                elif now - ch.closing["stuck"][1] > UNRESPONSIVE:
+                mach = ch.machine  # waiting on the peer: for an ack, its sync, or to propose
+                waiting = mach.in_flight is not None or mach.queued or (
+                    mach.state == m.SYNCING and ch.peer in self.node.links)
+                stuck = ch.closing.get("stuck")  # (seq, waiting since, last resync)
+                # no progress since a resync counts even if what we waited for gave up
+                if stuck is None or stuck[0] != seq or (not waiting and stuck[1] == stuck[2]):
+                    ch.closing["stuck"] = (seq, now, now)
+                elif now - stuck[1] > UNRESPONSIVE:
                     self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid),
                                           kind="unresponsive_peer", peer=ch.peer)
                     self._force_close(ch)
+                elif waiting and now - stuck[2] > RESYNC_AFTER:
+                    # an update or its ack was lost on a lossy link: re-synchronise
+                    ch.closing["stuck"] = (seq, ch.closing["stuck"][1], now)
+                    self._resync(ch, "no_ack")
                 if ticks % 120 == 0 and ch.party == A:
                     self._announce(ch, force=True)
 
@@ -351,6 +362,18 @@ class ChannelService:
             if rec is None or rec["status"] != "open":  # closed (or reorged away): unroutable
                 self.graph.remove_channel(cid)
                 self.store.drop_announcement(cid)
+        for cid, (ann, data) in list(self._early_anns.items()):
+            rec = contract.channel_record(tree.state, cid)
+            if rec is not None:
+                del self._early_anns[cid]
+                if (rec["status"] == "open" and (rec["a"], rec["b"], rec["total"]) ==
+                        (ann["a"], ann["b"], ann["cap"])) and cid not in self.graph:
+                    try:
+                        self._add_to_graph(ann)
+                    except LocalProtocolError:
+                        continue
+                    self.store.put_announcement(cid, ann)
+                    self.node.publish(TOPIC_CHAN, data, force=True)  # relay it now
         for ch in list(self.channels.values()):
             try:
                 self._watch(ch, height, tree.state)
@@ -489,8 +512,11 @@ class ChannelService:
         except Exception:
             raise RemoteProtocolError("bad_announcement", "malformed") from None
         rec = contract.channel_record(self.chain.tree.state, cid) if type(cid) is bytes else None
-        if rec is None:
-            raise Ignore  # not on our chain yet (or never): no judgement, no relay
+        if rec is None:  # not on our chain yet (or never): no judgement, no relay; but our
+            if (len(self._early_anns) < 1000 and type(cid) is bytes and type(pol) is list
+                    and len(pol) == 3):  # chain may lag a hop: look again at each tip
+                self._early_anns[cid] = (ann, data)
+            raise Ignore
         if (rec["status"] != "open" or rec["a"] != a or rec["b"] != b or rec["total"] != cap
                 or type(pol) is not list or len(pol) != 3):
             raise RemoteProtocolError("bad_announcement", "does not match the L1 record")
@@ -608,9 +634,18 @@ class ChannelService:
                 self.node.log.warning(ev.MSG_REJECTED, peer=ch.peer, reason=act.error.reason,
                                       detail=act.error.detail, kind=act.kind,
                                       channel_id=_hex(ch.cid))
+            elif t is m.Resync:
+                self._resync(ch, act.reason)
         more = ch.machine.flush()
         if more:
             self._run_actions(ch, more)
+
+    def _resync(self, ch: Chan, reason: str) -> None:
+        """Out of step with the peer (a message was lost): drop the link; both sides
+        re-synchronise when it comes back (as Lightning does with channel_reestablish)."""
+        link = self.node.links.get(ch.peer)
+        if link is not None:
+            link.close(f"channel_resync:{reason}")
 
     def _settle_known_preimages(self) -> None:
         """Fulfil HTLCs offered to us whose preimage we already know, e.g. after a restart

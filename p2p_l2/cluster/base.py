@@ -97,16 +97,8 @@ class ClusterBase(ABC):
         picked from the config seed, or `seed`).  A two-way cut is a blackhole on both ends;
         `oneway` (with groups) drops only what an earlier group sends to a later one.
         Returns the cut (from, to) pairs that are links; `heal` lifts them all."""
-        import random
-
-        from ..faults.partitions import cut_pairs, groups_cut, shape_cut
-        names = self.config.node_names
-        if shape is not None:
-            rng = random.Random(f"{self.config.cluster.seed if seed is None else seed}/{shape}")
-            cut = shape_cut(shape, names, rng, node=node)
-        else:
-            cut = groups_cut(groups, names, oneway=oneway)
-        pairs = cut_pairs(cut, self.config.links)
+        from ..faults.partitions import partition_pairs
+        pairs = partition_pairs(self.config, groups, oneway, shape, node, seed)
         for me, peer in pairs:
             if self.alive(me):
                 if oneway:

@@ -17,6 +17,7 @@ from p2p_l2.config.model import (
     LinkParams, NodeSpec, PlasmaParams, WorkloadSpec,
 )
 from p2p_l2.config.reader import NAME_RE, Reader, check_int, check_list, check_str, fail, join
+from p2p_l2.faults.conditioner import SHAPE_KEYS, LinkShape
 from p2p_l2.faults.partitions import SHAPES
 
 WORKLOAD_ROLE = {"payments": "channels", "l1-transfers": None, "plasma-transfers": "plasma-user"}
@@ -27,8 +28,6 @@ BEHAVIOUR_ROLE = {  # misbehaviour → the role a node needs to be able to do it
 }
 FAULT_ACTIONS = ("partition", "heal", "link", "kill", "pause", "restart", "clock-skew",
                  "misbehave")
-LINK_FAULT_KEYS = ("latency_ms", "jitter_ms", "loss", "duplicate", "reorder",
-                   "bandwidth_kbps", "blackhole", "drop_types")
 
 
 def parse_config(data: dict, source: str) -> Config:
@@ -305,15 +304,16 @@ def _fault(r: Reader) -> FaultSpec:
             params["from"], params["to"] = r.name("from"), r.name("to")
             if params["from"] == params["to"]:
                 raise r.error("to", "a node other than `from`", params["to"])
-        put("latency_ms", r.float, lo=0)
-        put("jitter_ms", r.float, lo=0)
-        put("bandwidth_kbps", r.int, lo=0)
-        for key in ("loss", "duplicate", "reorder"):
-            put(key, r.float, lo=0, hi=1)
-        put("blackhole", r.bool)
-        put("drop_types", r.get, _drop_types)
-        if not set(params) & set(LINK_FAULT_KEYS):
-            raise fail(r.source, r.path, "at least one of: " + ", ".join(LINK_FAULT_KEYS))
+        shape = {k: r.data[k] for k in SHAPE_KEYS if r.has(k)}
+        if not shape:
+            raise fail(r.source, r.path, "at least one of: " + ", ".join(SHAPE_KEYS))
+        try:  # the conditioner's own check, so the config and `fault.link` agree
+            LinkShape.from_params(shape)
+        except ValueError as exc:
+            key = re.split(r"[\[.:\s]", str(exc), maxsplit=1)[0]
+            detail = str(exc).removeprefix(key + ":").strip().removeprefix("expected ")
+            raise r.error(key if key in shape else next(iter(shape)), detail) from None
+        params.update(shape)
     elif action != "heal":
         params["node"] = r.name("node")
     if action == "partition" and params.get("oneway") and "groups" not in params:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
-__all__ = ["SHAPES", "cut_pairs", "groups_cut", "shape_cut"]
+__all__ = ["SHAPES", "cut_pairs", "groups_cut", "partition_pairs", "shape_cut"]
 
 SHAPES = ("isolate", "halves", "bridge", "majorities-ring")
 
@@ -59,6 +59,20 @@ def shape_cut(shape: str, nodes: Sequence[str], rng: random.Random,
             return min(d, n - d) <= reach
         return {(a, b) for a in nodes for b in nodes if a != b and not near(a, b)}
     raise ValueError(f"unknown partition shape {shape!r}; expected one of {', '.join(SHAPES)}")
+
+
+def partition_pairs(config, groups: Sequence[Sequence[str]] = (), oneway: bool = False,
+                    shape: str | None = None, node: str | None = None,
+                    seed: int | None = None) -> list[tuple[str, str]]:
+    """The (from, to) link directions a partition of `config`'s cluster cuts; a shape's
+    nodes are drawn from the config seed (or `seed`), so a run and its record agree."""
+    names = config.node_names
+    if shape is not None:
+        rng = random.Random(f"{config.cluster.seed if seed is None else seed}/{shape}")
+        cut = shape_cut(shape, names, rng, node=node)
+    else:
+        cut = groups_cut(groups, names, oneway=oneway)
+    return cut_pairs(cut, config.links)
 
 
 def cut_pairs(cut: Iterable[tuple[str, str]],

@@ -25,6 +25,17 @@ class Step:
     index: int  # position among the config's workloads or faults
     spec: WorkloadSpec | FaultSpec
 
+    def resolved(self, config: Config) -> dict:
+        """What the step will do, with its random choices made (from the config seed): a
+        partition's cut link directions.  Recorded in RUN/timeline.json."""
+        p = self.spec.params if self.what != "workload" else {}
+        if self.what == "fault" and self.spec.action == "partition":
+            from .partitions import partition_pairs
+            pairs = partition_pairs(config, p.get("groups", ()), p.get("oneway", False),
+                                    p.get("shape"), p.get("node"))
+            return {"cut": [list(pair) for pair in pairs]}
+        return {}
+
     def describe(self) -> str:
         if self.what == "workload":
             s = self.spec
