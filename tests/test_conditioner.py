@@ -18,9 +18,10 @@ from p2p_l2.wire import codec
 N = 2000
 
 
-def simulate(shape, n=N, *, period=0.01, size=500, kinds=("x",), seed=1):
-    """Send `n` messages `period` s apart (kinds in turn); returns [(now, kind, Decision)]."""
-    cond = Conditioner(shape, random.Random(seed))
+def simulate(shape, n=N, *, period=0.01, size=500, kinds=("x",), seed=1, fifo=False):
+    """Send `n` messages `period` s apart (kinds in turn); returns [(now, kind, Decision)].
+    `fifo=False`: each message's own delay, as drawn (the link default keeps order)."""
+    cond = Conditioner(shape, random.Random(seed), fifo=fifo)
     out = []
     for i in range(n):
         now = i * period
@@ -80,10 +81,13 @@ def test_exponential_jitter_mean_and_tail():
     assert statistics.stdev(ds) == pytest.approx(10, abs=2)
 
 
-def test_jitter_may_reorder_latency_alone_does_not():
+def test_jitter_keeps_order_on_a_link_unless_told_otherwise():
     _, out = simulate(LinkShape(latency_ms=50, jitter_ms=10), period=0.001)
     firsts = [d.sends[0] for _, _, d in out]
-    assert firsts != sorted(firsts)
+    assert firsts != sorted(firsts)  # raw draws would overtake each other...
+    _, out = simulate(LinkShape(latency_ms=50, jitter_ms=10), period=0.001, fifo=True)
+    firsts = [d.sends[0] for _, _, d in out]
+    assert firsts == sorted(firsts)  # ...but a stream link delivers in order (like TCP)
 
 
 # ---------------------------------------------------------------- loss

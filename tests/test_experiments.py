@@ -36,3 +36,13 @@ async def test_a_killed_hop_resumes(autojump_clock, memory_cluster_factory):
     assert counts.get("ok", 0) >= 0.6 * sum(counts.values())
     late = [e for e in cluster.events("alice") if e["event"] == ev.PAYMENT_SUCCEEDED]
     assert late  # and payments succeeded after carol came back (the workload ran on)
+
+
+async def test_a_miner_ahead_of_time_mines_in_vain(autojump_clock, memory_cluster_factory):
+    cluster = await play(memory_cluster_factory, "clock-skew")
+    skewed = await cluster.wait_for_event("m2", ev.FAULT_APPLIED, action="clock-skew")
+    assert skewed["offset_s"] == 300.0
+    mined = [e for e in cluster.events("m2") if e["event"] == ev.BLOCK_MINED
+             and skewed["ts"] <= e["ts"] <= skewed["ts"] + 15]  # (its own clock)
+    best = {e["block"] for e in cluster.events("a") if e["event"] == ev.BLOCK_ACCEPTED}
+    assert mined and not any(e["block"] in best for e in mined)  # nobody took them

@@ -227,8 +227,11 @@ class Conditioner:
     leave, for any reason, close-before included), duplicated, reordered (copies held
     back), closed (close decisions)."""
 
-    def __init__(self, shape: LinkShape, rng: random.Random):
-        self.shape, self.rng = shape, rng
+    def __init__(self, shape: LinkShape, rng: random.Random, fifo: bool = True):
+        """`fifo`: jitter delays a message but never lets it overtake an earlier one (our
+        links are streams, like TCP: head-of-line blocking); only `reorder` does."""
+        self.shape, self.rng, self.fifo = shape, rng, fifo
+        self._last = -math.inf  # when the last in-order message leaves
         self.stats = {"sent": 0, "dropped": 0, "duplicated": 0, "reordered": 0, "closed": 0}
         self._identity = shape.is_identity
         self._drop_types = frozenset(shape.drop_types)
@@ -310,6 +313,10 @@ class Conditioner:
         if self.shape.reorder and self.rng.random() < self.shape.reorder:
             delay += self._reorder_s
             self.stats["reordered"] += 1
+            return t + delay
+        if self.fifo:
+            self._last = max(t + delay, self._last)
+            return self._last
         return t + delay
 
     def _jittered(self) -> float:

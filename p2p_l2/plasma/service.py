@@ -35,6 +35,7 @@ codec.register("pl_confs", fields(number=int, confs=dict))
 
 TICK = 0.25  # seconds between the user's watcher ticks
 WALLET_WAIT = 5.0  # seconds a workload transfer waits for change in flight
+RECENT_CONFIRMATIONS = 10_000  # our own, re-sent when the operator reconnects
 RECOMMIT_BLOCKS = 4  # L1 blocks after which an uncommitted plasma block is committed again
 
 
@@ -109,12 +110,10 @@ class OperatorService:
                 wire = block.to_wire()
                 for user in self.users:
                     self.node.send(user, "pl_block", {"block": wire, "confs": {}})
-        if self._new_confs:  # persisted in one transaction, then passed on to the users
+        if self._new_confs:  # (each stored on arrival) passed on to the users
             new = {n: {h: self.core.confirmations_of(h) for h in hashes}
                    for n, hashes in self._new_confs.items()}
             self._new_confs = {}
-            self.store.put_confirmations_many(
-                (n, h, sigs) for n, confs in new.items() for h, sigs in confs.items())
             if not self.node.misbehaving("operator-withhold"):
                 for number, confs in sorted(new.items()):
                     for user in self.users:
@@ -191,7 +190,8 @@ class OperatorService:
         except PlasmaRejected as exc:
             raise RemoteProtocolError(exc.reason, exc.detail) from None
         number, _ = self.core.locate(p["hash"])
-        self._new_confs.setdefault(number, set()).add(p["hash"])  # stored at the next tick
+        self.store.put_confirmations_many([(number, p["hash"], self.core.confirmations_of(p["hash"]))])
+        self._new_confs.setdefault(number, set()).add(p["hash"])  # passed on at the next tick
 
 
 class UserService:
@@ -208,6 +208,9 @@ class UserService:
                                self.params.withholding_timeout)
         self.store = PlasmaStore(node.data_dir / "plasma-user.sqlite" if node.data_dir else None)
         self._stored = self.store.blocks()  # fetched before a restart: fed once committed
+        self._stored_confs = self.store.confirmations()
+        self._confirmed: dict[bytes, tuple[tuple[int, ...], bytes]] = {}  # ours, recent
+        node.on_connect.append(self._peer_up)
         self._last_block = 0  # the last plasma block number fed from L1
         self._exits: dict[int, str] = {}  # pos -> last status fed to the watcher
         self._logged: dict[int, str] = {}
@@ -269,8 +272,9 @@ class UserService:
                     self._do(self.watcher.on_commitment(number, root, height, owner, amount, now))
                     stored = self._stored.pop(number, None)
                     if stored is not None:
+                        confs = {**stored[1], **self._stored_confs.pop(number, {})}
                         self._do(self.watcher.on_block(PlasmaBlock.from_wire(stored[0]),
-                                                       stored[1], now))
+                                                       confs, now))
             except (LocalProtocolError, RemoteProtocolError, ValueError) as exc:
                 self.node.log.warning(ev.NODE_ERROR, error=f"plasma watcher: {exc}")
         self._do(self.watcher.tick(now, self.chain.tree.height))
@@ -303,9 +307,10 @@ class UserService:
                                   operator=self.operator)
         elif isinstance(a, Confirm):
             sig = me.sign(a.digest)
-            for i in a.inputs:
-                self.node.send(self.operator, "pl_confirm", {"hash": a.tx_hash, "index": i,
-                                                             "sig": sig})
+            self._send_confirmation(a.tx_hash, a.inputs, sig)
+            self._confirmed[a.tx_hash] = (a.inputs, sig)
+            if len(self._confirmed) > RECENT_CONFIRMATIONS:
+                del self._confirmed[next(iter(self._confirmed))]
             self.store.drop_own(a.tx_hash)
             self._do(self.watcher.own_confirmation(a.tx_hash, sig))  # may free waiting exits
         elif isinstance(a, Challenge):
@@ -322,6 +327,16 @@ class UserService:
         elif isinstance(a, ProcessExits):
             self.chain.submit_own(lambda n: contract.process_exits_tx(me, net, self.op, n))
 
+    def _send_confirmation(self, tx_hash: bytes, inputs: tuple[int, ...], sig: bytes) -> None:
+        for i in inputs:
+            self.node.send(self.operator, "pl_confirm", {"hash": tx_hash, "index": i, "sig": sig})
+
+    def _peer_up(self, peer: str) -> None:
+        """The operator is back (maybe restarted): confirmations it may have missed, again."""
+        if peer == self.operator:
+            for tx_hash, (inputs, sig) in self._confirmed.items():
+                self._send_confirmation(tx_hash, inputs, sig)
+
     # -- messages from the operator ------------------------------------------------------
     def _on_pl_block(self, peer: str, p: dict) -> None:
         if peer != self.operator:
@@ -333,6 +348,9 @@ class UserService:
     def _on_pl_confs(self, peer: str, p: dict) -> None:
         if peer != self.operator:
             raise RemoteProtocolError("not_our_operator", peer)
+        self.store.put_confirmations_many((p["number"], h, list(sigs))
+                                          for h, sigs in p["confs"].items()
+                                          if type(h) is bytes and type(sigs) is list)
         self._do(self.watcher.on_confirmations(p["number"], p["confs"]))
 
     def _on_pl_reject(self, peer: str, p: dict) -> None:
