@@ -176,6 +176,24 @@ async def _fault(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from .analysis import analyze, load, metrics
+    from .analysis.report import summary_lines, write_compare
+    from .cluster import rundir
+    dirs = args.run_dirs or [rundir.newest_run_dir()]
+    if len(dirs) == 1:
+        res = analyze(dirs[0], args.out)
+        for line in summary_lines(res["metrics"], res["verdicts"]):
+            print(line)
+        print(f"report: {res['out_dir'] / 'report.html'}")
+        return 0 if res["ok"] else 1
+    runs = [(d.name, metrics(load(d))) for d in dirs]
+    path = write_compare(runs, args.out or dirs[-1] / "report")
+    print(path.read_text())
+    print(f"comparison: {path}")
+    return 0
+
+
 async def _down(args) -> int:
     from .cluster.process import Cluster
     cluster = Cluster.attach(args.run_dir)
@@ -245,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "clock-skew, misbehave")
     fault.add_argument("params", nargs="*", metavar="key=value")
     fault.set_defaults(run=_fault)
+
+    analyze = sub.add_parser("analyze", help="metrics, invariant verdicts, plots and an HTML "
+                             "report of a finished run; two runs: side by side",
+                             description="Writes RUN/report/{metrics.json, verdicts.json, "
+                             "report.md, report.html, *.png} and prints a summary; exits 1 when "
+                             "an invariant fails. With two or more run dirs, prints their "
+                             "metrics side by side (compare.md).")
+    analyze.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR")
+    analyze.add_argument("--out", type=Path, help="output directory (default RUN/report)")
+    analyze.set_defaults(sync=_analyze)
 
     down = sub.add_parser("down", help="stop every node of a run")
     down.add_argument("run_dir", nargs="?", type=Path)

@@ -95,7 +95,7 @@ CATALOGUE: dict[str, str] = {
     TX_DROPPED: "one of our own txs can never be mined: replaced by a self-transfer at its nonce (txid, reason, replaced_by)",
     CHANNEL_OPENING: "the opener posted a channel's funding to L1 (channel_id, peer, txid, capacity)",
     CHANNEL_OPENED: "a channel is usable (channel_id, peer, capacity)",
-    CHANNEL_UPDATED: "a channel state was committed (channel_id, seq)",
+    CHANNEL_UPDATED: "a channel state was committed (channel_id, seq, bal_a, bal_b, htlcs; sampled: at most one every 0.5 s a channel)",
     CHANNEL_CLOSING: "a channel close was posted to L1 (channel_id, kind)",
     CHANNEL_PENALIZED: "a stale close was punished (channel_id)",
     CHANNEL_SETTLED: "a channel's funds were paid out on L1 (channel_id)",

@@ -117,7 +117,13 @@ async def run(config_path: Path, run_dir: Path | None, duration: float | None,
         happened.add_row(label, str(n))
     console.print(happened)
     console.print(f"logs: {cluster.run_dir}/nodes/*/events.jsonl")
-    return 0
+    from .analysis import analyze
+    from .analysis.report import summary_lines
+    res = analyze(cluster.run_dir)
+    for line in summary_lines(res["metrics"], res["verdicts"]):
+        console.print(escape(line))
+    console.print(f"report: {res['out_dir'] / 'report.html'}")
+    return 0 if res["ok"] else 1
 
 
 async def _counts(cluster) -> dict:

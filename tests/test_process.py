@@ -332,6 +332,10 @@ def test_demo_runs_end_to_end(tmp_path):
     """The README's first command: a ~50 s experiment on real processes."""
     res = cli("demo", "--run-dir", tmp_path / "demo", timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
-    for line in ("payments succeeded", "stale closes punished", "L1 blocks mined"):
+    for line in ("payments succeeded", "stale closes punished", "L1 blocks mined",
+                 "plasma blocks committed", "PASS    coins_conserved", "report.html"):
         assert line in res.stdout, res.stdout[-3000:]
+    assert "FAIL" not in res.stdout
     assert pids_alive(tmp_path / "demo") == []
+    report = (tmp_path / "demo" / "report" / "report.html").read_text()
+    assert "data:image/png;base64" in report  # self-contained, plots inside

@@ -46,6 +46,7 @@ MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
 EXPIRY_MARGIN = 2  # blocks before its expiry an unresolved HTLC of ours forces a close
 UNRESPONSIVE = 10.0  # seconds an update may wait for the peer's ack before we force-close
 RESYNC_AFTER = 2.0  # seconds without an ack before we re-synchronise (a message was lost)
+UPDATE_LOG_EVERY = 0.5  # seconds between `channel.updated` events of one channel (a sample)
 PAY_ATTEMPTS = 4
 DIRECT = b"\xd1"  # not an onion version: an HTLC "onion" for the peer only (a tiny map)
 
@@ -126,7 +127,8 @@ class ChannelService:
         self.outgoing.update(self.store.forwards())  # a restarted hop still passes preimages up
         self._reattach_payments()
         self._policy_seen: dict[tuple[bytes, bytes], float] = {}
-        self._early_anns: dict = {}  # announcements of channels our chain does not show yet
+        self._early_anns: dict = {}
+        self._update_logged: dict[bytes, float] = {}  # announcements of channels our chain does not show yet
         self._load_graph()
         for kind in ("ch_update", "ch_ack", "ch_nack", "ch_sync"):
             node.handlers[kind] = self._on_machine_msg(kind)
@@ -197,6 +199,7 @@ class ChannelService:
         while True:
             await trio.sleep(0.25)
             ticks += 1
+            self.store.flush()  # payment results not yet carried by a state write
             self._push_to_tower()
             if ticks % 4:
                 continue
@@ -614,11 +617,19 @@ class ChannelService:
         for act in actions:
             t = type(act)
             if t is m.Send:
+                if act.kind == "ch_update":
+                    self.store.flush()  # our payments' records before their HTLCs leave
                 self.node.send(ch.peer, act.kind, act.payload)
             elif t is m.Persist:
                 ch.signed = act.signed
                 self.store.put_state(ch.cid, act.signed.state.seq, act.signed.to_wire())
                 self._tower_dirty.add(ch.cid)
+                now = trio.current_time()  # logged at most every UPDATE_LOG_EVERY a channel
+                if now - self._update_logged.get(ch.cid, -math.inf) >= UPDATE_LOG_EVERY:
+                    self._update_logged[ch.cid] = now
+                    st = act.signed.state
+                    self.node.log.info(ev.CHANNEL_UPDATED, channel_id=_hex(ch.cid), seq=st.seq,
+                                       bal_a=st.bal_a, bal_b=st.bal_b, htlcs=len(st.htlcs))
             elif t is m.Committed:
                 pass
             elif t is m.HtlcAdded:
@@ -717,13 +728,13 @@ class ChannelService:
         me = self.node.identity.pubkey
         if payee == me:
             raise ControlError("bad_params", "that payment is to ourselves")
-        prior = self.store.payment(h)
+        prior = self.store.payment(h) if secret is None else None  # a keysend hash is new
         if prior is not None and prior["status"] == "succeeded":
             return prior["result"]  # paying twice is asking again, not paying again
         if h in self.payments or (prior is not None and prior["status"] == "pending"):
             raise ControlError("duplicate_payment", "this payment is in progress")
         t0 = trio.current_time()
-        self.store.put_payment(h, {"status": "pending", "amount": amount})
+        self.store.queue_payment(h, {"status": "pending", "amount": amount})
         info = {"amount": amount, "t0": t0}  # and the route, once there is one
         self.node.log.info(ev.PAYMENT_SENT, payment_hash=_hex(h), amount=amount,
                            payee=self.node.names.get(payee, _hex(payee)))
@@ -780,8 +791,8 @@ class ChannelService:
             res.update(status="failed", error=error)
             self.node.log.warning(ev.PAYMENT_FAILED, payment_hash=_hex(h), reason=error,
                                   latency=latency)
-        self.store.put_payment(h, {"status": res["status"], "amount": info["amount"],
-                                   "result": res})
+        self.store.queue_payment(h, {"status": res["status"], "amount": info["amount"],
+                                     "result": res, "preimage": preimage})
         return res
 
     async def _attempt(self, h: bytes, amount: int, route, secret: bytes | None) -> Payment:
@@ -887,9 +898,11 @@ class ChannelService:
     def _on_htlc_settled(self, ch: Chan, hid: int, preimage: bytes | None = None,
                          reason: str | None = None) -> None:
         """An HTLC we offered was fulfilled or failed: finish our payment or pass it upstream."""
-        if preimage is not None:  # first of all: never forget a preimage we learned
-            self.store.put_preimage(payment_hash(preimage), preimage)
         src = self.outgoing.pop((ch.cid, hid), None)
+        if preimage is not None and not isinstance(src, bytes):
+            # first of all: never forget a preimage we learned (a hop claims upstream with
+            # it); our own payment's goes in its record (a proof of payment, not money)
+            self.store.put_preimage(payment_hash(preimage), preimage)
         if src is None:
             return
         if isinstance(src, bytes):  # our own payment

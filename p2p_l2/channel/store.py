@@ -41,6 +41,7 @@ class ChannelStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._payments: dict[bytes, bytes] = {}  # queued rows: written with the next state
 
     def close(self) -> None:
         self.db.close()
@@ -56,8 +57,24 @@ class ChannelStore:
         return {cid: _unpack(info) for cid, info in self.db.execute("SELECT cid, info FROM channels")}
 
     def put_state(self, cid: bytes, seq: int, signed_wire: dict) -> None:
-        """The latest state both signed (durable when this returns)."""
-        self._put("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", cid, seq, _pack(signed_wire))
+        """The latest state both signed (durable when this returns), in one transaction with
+        the payment records queued since the last write."""
+        if not self._payments:
+            self._put("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", cid, seq, _pack(signed_wire))
+            return
+        self.db.execute("BEGIN")
+        try:
+            self._write_payments()
+            self.db.execute("INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                            (cid, seq, _pack(signed_wire)))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _write_payments(self) -> None:
+        rows, self._payments = list(self._payments.items()), {}
+        self.db.executemany("INSERT OR REPLACE INTO payments VALUES (?, ?)", rows)
 
     def states(self) -> dict[bytes, dict]:
         return {cid: _unpack(b) for cid, _, b in self.db.execute("SELECT cid, seq, signed FROM states")}
@@ -86,14 +103,26 @@ class ChannelStore:
         row = self.db.execute("SELECT info FROM invoices WHERE hash = ?", (h,)).fetchone()
         return _unpack(row[0]) if row else None
 
-    def put_payment(self, h: bytes, info: dict) -> None:
-        self._put("INSERT OR REPLACE INTO payments VALUES (?, ?)", h, _pack(info))
+    def queue_payment(self, h: bytes, info: dict) -> None:
+        """A payment record, written with the next channel state (so a pending payment is
+        on disk before its HTLC can leave) or by `flush`, whichever comes first."""
+        self._payments[h] = _pack(info)
+
+    def flush(self) -> None:
+        if self._payments:
+            self.db.execute("BEGIN")
+            self._write_payments()
+            self.db.execute("COMMIT")
 
     def payment(self, h: bytes) -> dict | None:
+        queued = self._payments.get(h)
+        if queued is not None:
+            return _unpack(queued)
         row = self.db.execute("SELECT info FROM payments WHERE hash = ?", (h,)).fetchone()
         return _unpack(row[0]) if row else None
 
     def payments(self) -> dict[bytes, dict]:
+        self.flush()
         return {h: _unpack(i) for h, i in self.db.execute("SELECT hash, info FROM payments")}
 
     # forwarded HTLCs: which incoming HTLC each outgoing one settles
