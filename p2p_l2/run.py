@@ -121,8 +121,8 @@ async def run(config_path: Path, run_dir: Path | None, duration: float | None,
     from .analysis.report import summary_lines
     res = analyze(cluster.run_dir)
     for line in summary_lines(res["metrics"], res["verdicts"]):
-        console.print(escape(line))
-    console.print(f"report: {res['out_dir'] / 'report.html'}")
+        print(line)  # plain: long lines stay whole for grep and CI logs
+    print(f"report: {res['out_dir'] / 'report.html'}")
     return 0 if res["ok"] else 1
 
 

@@ -328,6 +328,32 @@ async def test_cli_plasma_on_processes(tmp_path):
     assert final["locked"]["plasma"] == 120_000 and "op" in final["plasma"]
 
 
+def test_cli_fault_shapes_a_running_cluster(tmp_path):
+    import tomli_w
+    config = tmp_path / "ring.toml"
+    config.write_text(tomli_w.dumps(make_config(4, "ring", name="flt").to_dict()))
+    run = tmp_path / "run"
+    assert cli("up", config, "--run-dir", run, timeout=60).returncode == 0
+    try:
+        def rtt():
+            out = cli("ctl", run, "n0", "ping", "--params", '{"peer": "n1"}')
+            return json.loads(out.stdout)["rtt_ms"]
+        assert rtt() < 40
+        res = cli("fault", run, "link", "from=n0", "to=n1", "latency_ms=60")
+        assert res.returncode == 0 and "ok" in res.stderr, res.stderr
+        assert 60 <= rtt() < 120  # one way shaped: the round trip is 60 ms and a bit
+        res = cli("fault", run, "partition", "groups=n0,n1/n2,n3")
+        assert res.returncode == 0, res.stderr
+        cut = cli("ctl", run, "n0", "ping", "--params", '{"peer": "n3", "timeout": 1}')
+        assert cut.returncode == 1  # n3 is across the cut (n0's ring neighbours: n1, n3)
+        assert cli("fault", run, "heal").returncode == 0
+        bad = cli("fault", run, "link", "between=n0,n9", "loss=0.5")
+        assert bad.returncode == 2 and "n9" in bad.stderr  # checked like a [[fault]]
+    finally:
+        cli("down", run)
+    assert pids_alive(run) == []
+
+
 def test_demo_runs_end_to_end(tmp_path):
     """The README's first command: a ~50 s experiment on real processes."""
     res = cli("demo", "--run-dir", tmp_path / "demo", timeout=240)
