@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import events as ev
 from ..cluster.process import Cluster
 from ..config import load_config, loads_config
+from ..config.model import LinkParams
 from ..log import read_events
 from ..wire import Identity, verify
 from . import result
@@ -127,8 +128,10 @@ async def run(name: str = "channel", rate: float = 6000.0, seconds: float = 3.0,
 
         from ..config import builtin_config
         config, payee = load_config(builtin_config("line5")), "erin"
-        # as for `channel`: room for many HTLCs in flight, so updates carry big batches
-        config = replace(config, channels=replace(config.channels, max_htlcs=480))
+        # as for `channel`: room for many HTLCs in flight, so updates carry big batches;
+        # and no configured link latency (line5 has 2 ms): the protocol's own cost is measured
+        config = replace(config, channels=replace(config.channels, max_htlcs=480),
+                         default_link=LinkParams(), link_overrides={})
     with tempfile.TemporaryDirectory(prefix="p2p_l2-bench-") as tmp:
         async with Cluster.launch(config, run_dir=Path(tmp) / "run", timeout=120) as cluster:
             t0 = time.time()
