@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..state import State
     from ..tx import Tx
 
-__all__ = ["CONTRACTS", "Contract", "register"]
+__all__ = ["CONTRACTS", "ArgChecks", "Contract", "register"]
 
 
 class Contract(ABC):
@@ -31,6 +31,30 @@ class Contract(ABC):
     @abstractmethod
     def locked(self, state: State) -> int:
         """Coins the contract holds in `state` (paid in, not yet paid out)."""
+
+
+class ArgChecks:
+    """Checked reads of a call's args for the contract `name`; a bad arg is TxRejected
+    ("contract_error", "NAME: detail")."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def error(self, detail: str):
+        from ..tx import TxRejected
+        return TxRejected("contract_error", f"{self.name}: {detail}")
+
+    def bytes(self, args: dict, key: str, size: int) -> bytes:
+        v = args.get(key)
+        if type(v) is not bytes or len(v) != size:
+            raise self.error(f"{key} must be {size} bytes")
+        return v
+
+    def int(self, args: dict, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+        v = args.get(key)
+        if type(v) is not int or not lo <= v <= hi:
+            raise self.error(f"{key} must be an int in [{lo}, {hi}]")
+        return v
 
 
 CONTRACTS: dict[str, Contract] = {}

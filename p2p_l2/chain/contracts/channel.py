@@ -14,7 +14,7 @@ from ...errors import RemoteProtocolError
 from ...wire.identity import Identity, verify
 from ..state import State
 from ..tx import MAX_INT, Tx, TxRejected, call
-from . import Contract, register
+from . import ArgChecks, Contract, register
 
 __all__ = [
     "CHANNEL",
@@ -60,22 +60,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #   with htlc status "pending" | "claimed" | "refunded".
 
 
-def _error(detail: str) -> TxRejected:
-    return TxRejected("contract_error", f"{NAME}: {detail}")
-
-
-def _bytes(args: dict, key: str, size: int) -> bytes:
-    v = args.get(key)
-    if type(v) is not bytes or len(v) != size:
-        raise _error(f"{key} must be {size} bytes")
-    return v
-
-
-def _int(args: dict, key: str, lo: int = 0, hi: int = MAX_INT - 1) -> int:
-    v = args.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise _error(f"{key} must be an int in [{lo}, {hi}]")
-    return v
+_checks = ArgChecks(NAME)
+_error, _bytes, _int = _checks.error, _checks.bytes, _checks.int
 
 
 def _key(cid: bytes) -> tuple:

@@ -40,8 +40,8 @@ from ...plasma.tx import (
 from ...wire.identity import Identity, verify
 from ..merkle import verify_proof
 from ..state import State
-from ..tx import MAX_INT, Tx, TxRejected, call
-from . import Contract, register
+from ..tx import Tx, TxRejected, call
+from . import ArgChecks, Contract, register
 
 __all__ = [
     "MAX_BLOCK",
@@ -90,22 +90,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 #       spends `pos`, shown with `owner`'s confirmation by an exit: `owner` may not exit `pos`
 
 
-def _error(detail: str) -> TxRejected:
-    return TxRejected("contract_error", f"{NAME}: {detail}")
-
-
-def _bytes(args: dict, key: str, size: int) -> bytes:
-    v = args.get(key)
-    if type(v) is not bytes or len(v) != size:
-        raise _error(f"{key} must be {size} bytes")
-    return v
-
-
-def _int(args: dict, key: str, lo: int = 0, hi: int = MAX_INT - 1) -> int:
-    v = args.get(key)
-    if type(v) is not int or not lo <= v <= hi:
-        raise _error(f"{key} must be an int in [{lo}, {hi}]")
-    return v
+_checks = ArgChecks(NAME)
+_error, _bytes, _int = _checks.error, _checks.bytes, _checks.int
 
 
 def _ptx(args: dict, key: str) -> PlasmaTx:
