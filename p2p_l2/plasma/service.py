@@ -210,6 +210,7 @@ class UserService:
         self._stored = self.store.blocks()  # fetched before a restart: fed once committed
         self._stored_confs = self.store.confirmations()
         self._confirmed: dict[bytes, tuple[tuple[int, ...], bytes]] = {}  # ours, recent
+        self._sent: dict[tuple, str] = {}  # (action type, pos) -> txid of our last L1 tx
         node.on_connect.append(self._peer_up)
         self._last_block = 0  # the last plasma block number fed from L1
         self._exits: dict[int, str] = {}  # pos -> last status fed to the watcher
@@ -313,19 +314,27 @@ class UserService:
                 del self._confirmed[next(iter(self._confirmed))]
             self.store.drop_own(a.tx_hash)
             self._do(self.watcher.own_confirmation(a.tx_hash, sig))  # may free waiting exits
+        elif isinstance(a, (Challenge, StartExit)) and self._still_pending(a):
+            return  # the watcher retries; our tx for it is still waiting for a block
         elif isinstance(a, Challenge):
             txid = self.chain.submit_own(lambda n: contract.challenge_tx(
                 me, net, self.op, a.pos, a.spend, a.spend_pos, list(a.proof), a.confirm, n))
+            self._sent[(type(a), a.pos)] = txid
             self.node.log.warning(ev.PLASMA_EXIT_CHALLENGED, pos=a.pos, txid=txid)
         elif isinstance(a, StartExit):
             bond = contract.chain_record(self.chain.tree.state, self.op)["bond"]
             txid = self.chain.submit_own(lambda n: contract.start_exit_tx(
                 me, net, self.op, a.pos, a.tx, list(a.proof), bond, n,
                 confirms=[list(c) for c in a.confirms]))
+            self._sent[(type(a), a.pos)] = txid
             amount = a.tx.outputs[split_pos(a.pos)[2]][1]
             self.node.log.info(ev.PLASMA_EXIT_STARTED, pos=a.pos, amount=amount, txid=txid)
         elif isinstance(a, ProcessExits):
             self.chain.submit_own(lambda n: contract.process_exits_tx(me, net, self.op, n))
+
+    def _still_pending(self, a) -> bool:
+        txid = self._sent.get((type(a), a.pos))
+        return txid is not None and self.chain.tx_status(txid)["status"] == "pending"
 
     def _send_confirmation(self, tx_hash: bytes, inputs: tuple[int, ...], sig: bytes) -> None:
         for i in inputs:
