@@ -180,3 +180,24 @@ async def test_mass_exit_on_a_contended_layer_1(autojump_clock, memory_cluster_f
     assert report["exits_started"] == report["exits_finalized"] == 21  # u02 has two outputs
     assert report["alerts"] == 20 and report["drain_seconds"] > 0
     assert report["l1_blocks"] >= 3  # 20 exits + their process calls: more than one block
+
+
+async def test_payees_exit_what_they_were_paid_when_confirmations_are_withheld(
+        autojump_clock, memory_cluster_factory):
+    """bob never gets alice's confirmation of her payment to him from the operator (link
+    faults drop it and bob's re-fetches), then the operator withholds: everyone leaves the
+    chain, and bob gets the confirmation from alice by gossip, so he can exit what she paid
+    him."""
+    cluster = await memory_cluster_factory(plasma_config())
+    await cluster.link(from_="op", to="bob", drop_types=["pl_confs"])  # pushed blocks pass
+    await cluster.link(from_="bob", to="op", drop_types=["pl_get"])  # (a re-fetch's reply
+    await cluster["alice"].call("plasma.transfer", to="bob", amount=1_000)  # carries them)
+    await wait_balance(cluster, "alice", 49_000)
+    assert await balance(cluster, "bob") == 50_000  # not his until alice's confirmation
+    await cluster["op"].call("fault.misbehave", behaviour="operator-withhold")
+    await cluster["carol"].call("plasma.transfer", to="alice", amount=10)  # a withheld block
+    bob0 = await l1(cluster, "bob")
+
+    async def bob_paid():
+        return await l1(cluster, "bob") >= bob0 + 51_000 - 30
+    await cluster.wait_for(bob_paid, timeout=300)

@@ -13,6 +13,7 @@ its configured `plasma_deposit` once, and serves `plasma.*` control calls.
 
 from __future__ import annotations
 
+import msgpack
 import trio
 
 from .. import events as ev
@@ -36,6 +37,8 @@ codec.register("pl_confs", fields(number=int, confs=dict))
 TICK = 0.25  # seconds between the user's watcher ticks
 WALLET_WAIT = 5.0  # seconds a workload transfer waits for change in flight
 RECENT_CONFIRMATIONS = 10_000  # our own, re-sent when the operator reconnects
+GOSSIPED_CONFIRMATIONS = 2_000  # our latest, gossiped to every user when we leave the chain
+TOPIC_CONFS = "plconf"
 RECOMMIT_BLOCKS = 4  # L1 blocks after which an uncommitted plasma block is committed again
 
 
@@ -217,6 +220,8 @@ class UserService:
         self._logged: dict[int, str] = {}
         for kind in ("pl_block", "pl_reject", "pl_confs"):
             node.handlers[kind] = getattr(self, "_on_" + kind)
+        node.gossip.add_validator(TOPIC_CONFS, self._on_gossiped_confirmations)
+        self._gossiped = False  # our confirmations, published once when we leave the chain
         self.chain.on_tip.append(self._on_tip)
         node.services.append(self.run)
         node.status_hooks.append(self._status)
@@ -248,6 +253,8 @@ class UserService:
             await trio.sleep(0.5)
         while True:
             self._do(self.watcher.tick(trio.current_time(), self.chain.tree.height))
+            if self.watcher.halted and not self._gossiped:
+                self._publish_confirmations()
             await trio.sleep(TICK)
 
     # -- L1 -------------------------------------------------------------------------------
@@ -331,6 +338,35 @@ class UserService:
             self.node.log.info(ev.PLASMA_EXIT_STARTED, pos=a.pos, amount=amount, txid=txid)
         elif isinstance(a, ProcessExits):
             self.chain.submit_own(lambda n: contract.process_exits_tx(me, net, self.op, n))
+
+    def _publish_confirmations(self) -> None:
+        """We left the chain (withholding, an invalid block): an operator that hides data
+        may hide confirmations too, and our payees need ours to exit what we paid them.
+        So they go to every plasma user by gossip, not through the operator."""
+        self._gossiped = True
+        confs = [[n, h, list(sigs)] for h in list(self._confirmed)[-GOSSIPED_CONFIRMATIONS:]
+                 if (found := self.watcher.confirmations_of(h)) is not None
+                 for n, sigs in [found]]
+        if confs:
+            self.node.publish(TOPIC_CONFS, msgpack.packb({"op": self.op, "c": confs},
+                                                         use_bin_type=True))
+
+    def _on_gossiped_confirmations(self, data: bytes, peer) -> None:
+        if peer is None:
+            return
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+            op, confs = msg["op"], msg["c"]
+            if type(op) is not bytes or type(confs) is not list:
+                raise TypeError
+        except Exception:
+            raise RemoteProtocolError("bad_plasma_confirmations", "malformed") from None
+        if op != self.op:
+            return  # another chain's: relay it, nothing for us
+        for item in confs:
+            if type(item) is not list or len(item) != 3 or type(item[0]) is not int:
+                raise RemoteProtocolError("bad_plasma_confirmations", "malformed entry")
+            self._do(self.watcher.on_confirmations(item[0], {item[1]: item[2]}))
 
     def _still_pending(self, a) -> bool:
         txid = self._sent.get((type(a), a.pos))

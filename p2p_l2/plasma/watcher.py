@@ -361,6 +361,12 @@ class Watcher:
             _fill(held[1], confs)
         return []
 
+    def confirmations_of(self, tx_hash: bytes) -> tuple[int, tuple[bytes, ...]] | None:
+        """(block number, sig per input, b"" where missing) of a tx in a block we applied."""
+        loc = self._tx_loc.get(tx_hash)
+        sigs = self._confs.get(tx_hash)
+        return None if loc is None or not sigs else (loc[0], tuple(sigs))
+
     def own_confirmation(self, tx_hash: bytes, sig: bytes) -> list:
         """The service signed a `Confirm` of ours: `sig` is our confirmation of tx `tx_hash`,
         for every input of it we own.  Returns actions (exits that waited for it)."""
