@@ -155,9 +155,11 @@ async def test_operator_and_user_restart_from_their_databases(autojump_clock,
     await cluster.restart("op")
     await cluster.restart("bob")
     await cluster.wait_connected()
-    await wait_balance(cluster, "bob", 51_000)
+    await wait_balance(cluster, "bob", 51_000)  # rebuilt from bob's database and L1
+    assert cluster.nodes["op"].plasma.core.last_child >= 1000  # the operator's blocks too
     await cluster["bob"].call("plasma.transfer", to="carol", amount=1_000)
     await wait_balance(cluster, "carol", 21_000)
+    assert await balance(cluster, "bob") == 50_000
 
 
 async def test_mass_exit_on_a_contended_layer_1(autojump_clock, memory_cluster_factory):

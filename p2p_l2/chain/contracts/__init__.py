@@ -44,6 +44,19 @@ class ArgChecks:
         from ..tx import TxRejected
         return TxRejected("contract_error", f"{self.name}: {detail}")
 
+    def call_args(self, tx: Tx, keys: dict[str, set[str]]) -> dict:
+        """The args of `tx`, a call of one of `keys`' methods with exactly its keys."""
+        from ..tx import TxRejected
+        if tx.method not in keys:
+            raise TxRejected("unknown_method", f"{self.name} has no method {tx.method!r}")
+        args = tx.args
+        if type(args) is not dict:
+            raise self.error("args must be a map")
+        want = keys[tx.method]
+        if set(args) != want:
+            raise self.error(f"{tx.method} takes {{{', '.join(sorted(want))}}}")
+        return args
+
     def bytes(self, args: dict, key: str, size: int) -> bytes:
         v = args.get(key)
         if type(v) is not bytes or len(v) != size:

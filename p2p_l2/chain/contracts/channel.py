@@ -84,14 +84,7 @@ class Channel(Contract):
 
     def apply(self, state: State, tx: Tx, height: int) -> None:
         method = tx.method
-        if method not in self.methods:
-            raise TxRejected("unknown_method", f"{NAME} has no method {method!r}")
-        args: Any = tx.args
-        if type(args) is not dict:
-            raise _error("args must be a map")
-        want = self._ARGS[method]  # type: ignore[index]
-        if set(args) != want:
-            raise _error(f"{method} takes {{{', '.join(sorted(want))}}}")
+        args: Any = _checks.call_args(tx, self._ARGS)
         cid = _bytes(args, "cid", 32)
         if method == "open":
             _open(state, tx, height, args, cid)

@@ -40,7 +40,7 @@ from ...plasma.tx import (
 from ...wire.identity import Identity, verify
 from ..merkle import verify_proof
 from ..state import State
-from ..tx import Tx, TxRejected, call
+from ..tx import Tx, call
 from . import ArgChecks, Contract, register
 
 __all__ = [
@@ -145,14 +145,7 @@ class Plasma(Contract):
 
     def apply(self, state: State, tx: Tx, height: int) -> None:
         method = tx.method
-        if method not in self.methods:
-            raise TxRejected("unknown_method", f"{NAME} has no method {method!r}")
-        args: Any = tx.args
-        if type(args) is not dict:
-            raise _error("args must be a map")
-        want = self._ARGS[method]  # type: ignore[index]
-        if set(args) != want:
-            raise _error(f"{method} takes {{{', '.join(sorted(want))}}}")
+        args: Any = _checks.call_args(tx, self._ARGS)
         operator = _bytes(args, "operator", 32)
         if method == "register":
             _register(state, tx, height, args, operator)
