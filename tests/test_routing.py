@@ -142,7 +142,7 @@ def line_hops(n, first=0):
     return ids, hops
 
 
-@pytest.mark.parametrize("n", range(1, 21))
+@pytest.mark.parametrize("n", range(1, onion.MAX_HOPS + 1))
 def test_onion_peels_hop_by_hop_to_the_final_payload(n):
     ids, hops = line_hops(n)
     o = onion.build(hops, b"hash")
@@ -154,7 +154,7 @@ def test_onion_peels_hop_by_hop_to_the_final_payload(n):
 
 
 def test_every_onion_has_the_same_size():
-    sizes = {len(onion.build(line_hops(n)[1])) for n in range(1, 21)}
+    sizes = {len(onion.build(line_hops(n)[1])) for n in range(1, onion.MAX_HOPS + 1)}
     small = onion.build([(BOB.pubkey, {"final": True, "amt": 1, "exp": 0})])
     assert sizes == {len(small)} == {onion.ONION_SIZE}
 
@@ -261,8 +261,9 @@ def test_build_refuses_what_does_not_fit():
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 20), amts=st.lists(st.integers(1, 2**63 - 1), min_size=20, max_size=20),
-       exps=st.lists(st.integers(0, 2**63 - 1), min_size=20, max_size=20),
+@given(n=st.integers(1, onion.MAX_HOPS),
+       amts=st.lists(st.integers(1, 2**63 - 1), min_size=onion.MAX_HOPS, max_size=onion.MAX_HOPS),
+       exps=st.lists(st.integers(0, 2**63 - 1), min_size=onion.MAX_HOPS, max_size=onion.MAX_HOPS),
        secret=st.binary(min_size=32, max_size=32))
 def test_onion_carries_any_valid_payloads(n, amts, exps, secret):
     ids = IDS[:n]

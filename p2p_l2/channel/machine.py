@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 MAX_OPS = 1000            # ops in one ch_update (a state holds at most 1000 HTLCs anyway)
-MAX_ONION = 8192          # bytes; a full onion (channel/onion.py) is ~5.2 KB
+MAX_ONION = 8192          # bytes; an onion (channel/onion.py) is 2,625 (10 hops x 256)
 MAX_PREIMAGE = 256        # bytes, as the channel contract accepts
 MAX_REASON = 256          # characters of a fail reason
 _ID_EPOCH_BITS = 32       # htlc id = (epoch << 32) | (counter << 1) | offerer, see _start_ids

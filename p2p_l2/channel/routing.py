@@ -21,6 +21,7 @@ from typing import Hashable, NamedTuple
 import networkx as nx
 
 from ..errors import LocalProtocolError, P2PL2Error
+from .onion import MAX_HOPS as MAX_ROUTE_HOPS  # a route must fit in an onion
 
 __all__ = [
     "ChannelGraph",
@@ -248,7 +249,7 @@ class ChannelGraph:
     # ------------------------------------------------------------ routing
 
     def find_route(self, source: bytes, target: bytes, amount: int, final_expiry_delta: int,
-                   current_height: int, exclude=(), max_hops: int = 20,
+                   current_height: int, exclude=(), max_hops: int = MAX_ROUTE_HOPS,
                    exclude_nodes=()) -> Route:
         """The cheapest route (fee, then hops, then total expiry) delivering `amount` to
         `target` with its HTLC expiring at `current_height + final_expiry_delta`, avoiding the
