@@ -33,6 +33,7 @@ from ..wire.codec import Bytes, fields
 from . import machine as m
 from .commitment import A, B, ChannelState, SignedState, open_digest, payment_hash, sign_state
 from .invoice import Invoice, new_invoice
+from .liveness import FORCE_CLOSE, RESYNC, Liveness
 from .onion import build as build_onion
 from .onion import peel
 from .routing import ChannelGraph, NoRoute, Policy, route_hops_for_onion
@@ -44,8 +45,6 @@ DEFAULT_POLICY = (1, 1000, None)  # base fee, fee ppm, expiry delta (None: [chan
 FINAL_DELTA = 9  # blocks the payee wants before its HTLC expires
 MIN_DELTA = 3  # an HTLC offered to us must not expire sooner than this
 EXPIRY_MARGIN = 2  # blocks before its expiry an unresolved HTLC of ours forces a close
-UNRESPONSIVE = 10.0  # seconds an update may wait for the peer's ack before we force-close
-RESYNC_AFTER = 2.0  # seconds without an ack before we re-synchronise (a message was lost)
 UPDATE_LOG_EVERY = 0.5  # seconds between `channel.updated` events of one channel (a sample)
 PAY_ATTEMPTS = 4
 DIRECT = b"\xd1"  # not an onion version: an HTLC "onion" for the peer only (a tiny map)
@@ -91,6 +90,7 @@ class Chan:
     machine: m.Channel | None = None
     closing: dict = field(default_factory=dict)  # kind, txid, posted...
     slots: trio.Semaphore | None = None  # our own payments' share of max_htlcs
+    liveness: Liveness = field(default_factory=Liveness)  # when to stop waiting on the peer
 
     def info(self) -> dict:
         return {"peer": self.peer, "party": self.party, "fund_a": self.fund_a,
@@ -212,17 +212,12 @@ class ChannelService:
                 mach = ch.machine  # waiting on the peer: for an ack, its sync, or to propose
                 waiting = mach.in_flight is not None or mach.queued or (
                     mach.state == m.SYNCING and ch.peer in self.node.links)
-                stuck = ch.closing.get("stuck")  # (seq, waiting since, last resync)
-                # no progress since a resync counts even if what we waited for gave up
-                if stuck is None or stuck[0] != seq or (not waiting and stuck[1] == stuck[2]):
-                    ch.closing["stuck"] = (seq, now, now)
-                elif now - stuck[1] > UNRESPONSIVE:
+                verdict = ch.liveness.check(seq, bool(waiting), now)
+                if verdict == FORCE_CLOSE:
                     self.node.log.warning(ev.CHANNEL_CLOSING, channel_id=_hex(ch.cid),
                                           kind="unresponsive_peer", peer=ch.peer)
                     self._force_close(ch)
-                elif waiting and now - stuck[2] > RESYNC_AFTER:
-                    # an update or its ack was lost on a lossy link: re-synchronise
-                    ch.closing["stuck"] = (seq, ch.closing["stuck"][1], now)
+                elif verdict == RESYNC:  # an update or its ack was lost on a lossy link
                     self._resync(ch, "no_ack")
                 if ticks % 120 == 0 and ch.party == A:
                     self._announce(ch, force=True)
