@@ -164,7 +164,8 @@ async def test_close_stale_against_an_offline_victim_meets_its_tower(autojump_cl
     await cluster.wait_for_event("tower", ev.CHANNEL_CLOSING, kind="challenge", timeout=60)
     await cluster.restart("bob")  # later: bob finds its money on chain
     await cluster.wait_for_event("bob", ev.CHANNEL_PENALIZED, timeout=60)
-    assert await l1_balance(cluster, "bob") == b0 + 50_000
+    # the whole channel; bob may pay 2 to cancel his own challenge, beaten by the tower's
+    assert b0 + 50_000 - 2 <= await l1_balance(cluster, "bob") <= b0 + 50_000
 
 
 async def test_a_tower_without_fees_retries_once_funded(autojump_clock, memory_cluster_factory):
@@ -187,7 +188,8 @@ async def test_a_tower_without_fees_retries_once_funded(autojump_clock, memory_c
     assert retry["attempt"] is True
     await cluster.restart("bob")
     await cluster.wait_for_event("bob", ev.CHANNEL_PENALIZED, timeout=60)
-    assert await l1_balance(cluster, "bob") == b0 + 50_000
+    # the whole channel; bob may pay 2 to cancel his own challenge, beaten by the tower's
+    assert b0 + 50_000 - 2 <= await l1_balance(cluster, "bob") <= b0 + 50_000
 
 
 async def test_withheld_preimage_is_resolved_on_chain(autojump_clock, memory_cluster_factory):

@@ -201,8 +201,11 @@ def no_unpunished_revoked_state(run: Run) -> Verdict:
     cfg = run.config
     dispute_s = ((cfg.channels.dispute_blocks * cfg.chain.block_interval) if cfg is not None
                  else 6.0)
-    closers = {r["cid"]: "ab"[r["closer"]] for r in (run.final or {}).get("channels", [])
+    final_channels = {r["cid"]: r for r in (run.final or {}).get("channels", [])}
+    final_height = (run.final or {}).get("height")
+    closers = {cid: "ab"[r["closer"]] for cid, r in final_channels.items()
                if r.get("closer") in (0, 1)}
+    unsettled: list[str] = []
     updates = _updates(run)
     problems, revoked, unknown = [], 0, []
     for cid in force["channel_id"].unique(maintain_order=True).to_list():
@@ -230,6 +233,13 @@ def no_unpunished_revoked_state(run: Run) -> Verdict:
             continue
         if max(shown) < posted + 2:
             continue
+        rec = final_channels.get(cid)
+        if rec is not None and (rec["status"] == "open" or (
+                rec["status"] == "closing" and final_height is not None
+                and final_height < rec["dispute_until"])):
+            # the close never reached L1 before the run ended, or its window is still open
+            unsettled.append(f"{short}: {rec['status']} at the end")
+            continue
         revoked += 1
         if cid in penalized:
             continue
@@ -244,6 +254,7 @@ def no_unpunished_revoked_state(run: Run) -> Verdict:
     closes = force["channel_id"].n_unique()
     evidence = f"{closes} force-closed channels, {revoked} with a revoked state"
     for label, items in (("VIOLATED", problems), ("excused", excused),
+                         ("not decided when the run ended", unsettled),
                          ("unverifiable (victim showed no seq)", unknown)):
         if items:
             evidence += f"; {label}: " + ", ".join(items)

@@ -244,6 +244,7 @@ class ChainService:
                         self.node.publish(TOPIC_TX, tx.encode(), force=True)
             for callback in self.on_tip:
                 callback()
+            self._unstick_own()  # at once: a dead tx ahead of ours would hold them all back
 
     # -- catch-up ------------------------------------------------------------------------
     def request_sync(self, peer: str) -> None:
