@@ -378,6 +378,13 @@ def test_no_unpunished_revoked_state(tmp_path):
     r.nodes["bob"] = [e for e in r.nodes["bob"] if e["event"] != ev.CHANNEL_CLOSING]
     v = verdict(no_unpunished_revoked_state, r.write())
     assert v.ok is False and "bob posted seq 1, alice showed seq 9" in v.evidence
+    # the stale close never reached L1 before the run ended (the channel is still open on
+    # chain), or reached it with its window still open: nothing was due yet
+    for status, until in (("open", None), ("closing", 99)):
+        r = stale_close(RunDir(tmp_path / f"g-{status}"), False)
+        r.final["channels"][0].update(status=status, dispute_until=until, paid=0)
+        v = verdict(no_unpunished_revoked_state, r.write())
+        assert v.ok is True and "not decided when the run ended" in v.evidence
 
 
 def test_plasma_exits_within_deposits(tmp_path):
