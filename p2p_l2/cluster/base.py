@@ -21,6 +21,11 @@ def matches(event: dict, name: str, fields: dict) -> bool:
     return event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
 
 
+def _ends(between, from_, to) -> list[tuple[str, str]]:
+    """The (node, peer) sides a link fault is set on: both `between` two nodes, or one."""
+    return [(between[0], between[1]), (between[1], between[0])] if between else [(from_, to)]
+
+
 class ClusterBase(ABC):
     config: Config
 
@@ -112,16 +117,14 @@ class ClusterBase(ABC):
         """Condition a link (SPEC §5 `link`): both directions `between` two nodes, or one
         direction `from_` -> `to`: latency_ms, jitter_ms, loss, duplicate, reorder,
         bandwidth_kbps, blackhole, drop_types, ... (see `fault.link`)."""
-        ends = [(between[0], between[1]), (between[1], between[0])] if between else [(from_, to)]
-        for me, peer in ends:
+        for me, peer in _ends(between, from_, to):
             if self.alive(me):
                 await self[me].call("fault.link", peer=peer, **shape)
 
     async def unlink(self, *, between: tuple[str, str] | None = None, from_: str | None = None,
                      to: str | None = None) -> None:
         """Lift what `link` set on those ends."""
-        ends = [(between[0], between[1]), (between[1], between[0])] if between else [(from_, to)]
-        for me, peer in ends:
+        for me, peer in _ends(between, from_, to):
             if self.alive(me):
                 await self[me].call("fault.clear", peer=peer)
 

@@ -1,22 +1,12 @@
-"""A mass exit, read from the logs: when users noticed, how many exits started and paid
-out, and how long the layer-1 drain took (`scripts/mass_exit.py RUN_DIR` prints it).
-
-`p2p-l2 analyze` (issue 7) will fold this into its metrics; until then this reads the
-per-node event lists of a run dir (or of an in-memory cluster's `logs`).
+"""A mass exit, read from per-node event lists (an in-memory cluster's `logs`): when users
+noticed, how many exits started and paid out, and how long the layer-1 drain took.  For a
+run dir, `p2p-l2 analyze` has the same as its `plasma.mass_exit` metric.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from .. import events as ev
-from ..log import read_events
-
-
-def load_logs(run_dir: Path | str) -> dict[str, list[dict]]:
-    """node name -> its events, from RUN/nodes/*/events.jsonl."""
-    return {p.parent.name: read_events(p)[0]
-            for p in sorted(Path(run_dir).glob("nodes/*/events.jsonl"))}
 
 
 def mass_exit_report(logs: dict[str, list[dict]]) -> dict:
